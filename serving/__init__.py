@@ -1,0 +1,1 @@
+"""Dev server speaking TensorFlow Serving's REST API (`python -m serving --help`), plus a tiny client."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: a learnable toy corpus written per test session, and the tiny random encoder."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BBC_DIR = REPO_ROOT.parent / "shared" / "data" / "bbc"
+
+# Each class has its own keywords; filler words are shared, so only the keywords tell classes apart.
+TOY_KEYWORDS = {
+    "business": ["shares", "profit", "market", "bank", "economy"],
+    "politics": ["election", "minister", "party", "vote", "parliament"],
+    "sport": ["football", "match", "goal", "team", "coach"],
+}
+FILLER = ["the", "a", "of", "and", "in", "to", "said", "was", "on", "for", "with", "new", "year", "people"]
+
+
+def toy_text(label: str, rng: random.Random, words: int = 24) -> str:
+    body = [rng.choice(FILLER) for _ in range(words)]
+    for _ in range(4):
+        body.insert(rng.randrange(len(body)), rng.choice(TOY_KEYWORDS[label]))
+    return " ".join(body) + "."
+
+
+def write_toy_corpus(root: Path, docs_per_class: int = 40, seed: int = 0) -> Path:
+    """A corpus in bbc-fulltext.zip's layout (class folders of NNN.txt) with a learnable signal."""
+    rng = random.Random(seed)
+    for label in TOY_KEYWORDS:
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(docs_per_class):
+            (folder / f"{i + 1:03d}.txt").write_text(toy_text(label, rng))
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_corpus_dir(tmp_path_factory) -> Path:
+    return write_toy_corpus(tmp_path_factory.mktemp("toy") / "bbc")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One encoder cache for the session, so the tiny encoder is built once."""
+    return tmp_path_factory.mktemp("bertbc-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(cache_dir):
+    from trainer import encoders
+
+    return encoders.resolve_encoder("tiny-random", cache_dir=str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def bbc_dir() -> Path:
+    if not BBC_DIR.is_dir():
+        pytest.skip(f"BBC corpus not present at {BBC_DIR}")
+    return BBC_DIR

@@ -1,0 +1,1 @@
+"""bertbc trainer package."""

@@ -1,0 +1,182 @@
+"""`python -m trainer`: fine-tune and export (default), `analyze` the corpus, or list the `encoders`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from trainer.config import SEED_NOTEBOOK, ConfigError, TrainConfig, default_cache_dir
+
+D = TrainConfig()
+
+EPILOG = f"""\
+subcommands:
+  python -m trainer analyze --data-dir DIR [--out-dir DIR]   corpus statistics that drive --seq-length
+  python -m trainer encoders                                 list the encoder registry
+
+The seed notebook's settings are: --seed-notebook  (= {' '.join(f'--{k.replace("_", "-")} {v}'
+                                                               for k, v in SEED_NOTEBOOK.items())})
+Rerunning the same command after a crash resumes the newest unfinished run with the same settings.
+"""
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() in ("", "none", "0", "all") else int(value)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Fine-tune a pretrained BERT encoder on news articles with a custom GradientTape loop, keep "
+                    "the best-validation checkpoint and export it as a versioned raw-text SavedModel.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=D.data_dir,
+                   help="folder of class folders of .txt files (the layout of bbc-fulltext.zip). Default: the "
+                        "BBC corpus in --cache-dir, downloaded from the official URL if online")
+    g.add_argument("--cache-dir", default=None,
+                   help=f"where built encoders and the downloaded corpus are kept (default $BERTBC_CACHE_DIR or "
+                        f"~/.cache/bertbc; now {default_cache_dir()})")
+    g.add_argument("--validation-split", type=float, default=D.validation_split,
+                   help="share of documents held out for validation (default %(default)s, as the seed)")
+    g.add_argument("--split-seed", type=int, default=D.split_seed,
+                   help="seed of the train/validation split (default %(default)s = the seed notebook's split)")
+    g.add_argument("--max-train-docs", type=_optional_int, default=None,
+                   help="use only the first N training documents (smoke runs; default all)")
+    g.add_argument("--max-val-docs", type=_optional_int, default=None,
+                   help="use only the first N validation documents (smoke runs; default all)")
+    g = p.add_argument_group("model")
+    g.add_argument("--encoder", default=D.encoder,
+                   help="encoder name from `python -m trainer encoders` (default %(default)s: pretrained "
+                        "all-MiniLM-L6-v2, works offline)")
+    g.add_argument("--encoder-handle", default=None,
+                   help="any TF Hub-style encoder (URL or local SavedModel path); needs --preprocess-handle")
+    g.add_argument("--preprocess-handle", default=None,
+                   help="the matching TF Hub-style preprocessing model (URL or path); needs --encoder-handle")
+    g.add_argument("--pooling", choices=("cls", "mean"), default=D.pooling,
+                   help="sentence vector: 'cls' = encoder pooled_output (seed), 'mean' = masked mean of token "
+                        "vectors (what MiniLM was pretrained for; default %(default)s)")
+    g.add_argument("--seq-length", type=int, default=D.seq_length,
+                   help="word pieces per document incl. [CLS]/[SEP] (default %(default)s; seed 128)")
+    g.add_argument("--truncation", choices=("head", "head_tail"), default=D.truncation,
+                   help="how a longer article is cut to --seq-length: 'head' keeps the start (seed), 'head_tail' "
+                        "keeps the start and the end (default %(default)s)")
+    g.add_argument("--dropout", type=float, default=D.dropout, help="dropout before the dense head (default %(default)s)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=D.epochs, help="epochs (default %(default)s; seed 3)")
+    g.add_argument("--batch-size", type=int, default=D.batch_size, help="global batch size (default %(default)s)")
+    g.add_argument("--learning-rate", type=float, default=D.learning_rate,
+                   help="Adam peak learning rate (default %(default)s; seed 2e-5)")
+    g.add_argument("--warmup-fraction", type=float, default=D.warmup_fraction,
+                   help="share of steps with linear warm-up, then linear decay to 0; 0 = constant learning rate "
+                        "(seed) (default %(default)s)")
+    g.add_argument("--seed", type=int, default=D.seed,
+                   help="seed of weights init, dropout and shuffling (default %(default)s)")
+    g.add_argument("--seed-notebook", action="store_true",
+                   help="use the seed notebook's settings for every flag it set (overrides the flags above)")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--strategy", choices=("auto", "default", "mirrored"), default=D.strategy,
+                   help="tf.distribute strategy: auto = MirroredStrategy if several GPUs are visible, else one "
+                        "device (default %(default)s)")
+    g.add_argument("--logical-cpus", type=int, default=D.logical_cpus,
+                   help="split the CPU into N logical devices (tests MirroredStrategy without GPUs; default off)")
+    g.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"), default=D.mixed_precision,
+                   help="Keras mixed-precision policy + Grappler rewrite of the encoder; fp16 uses loss scaling; "
+                        "head and loss stay float32 (default %(default)s)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--logdir", default=D.logdir, help="TensorBoard root; one folder per run (default %(default)s)")
+    g.add_argument("--checkpoint-dir", default=D.checkpoint_dir,
+                   help="checkpoint root; one folder per run with best/ and latest/ (default %(default)s)")
+    g.add_argument("--model-base-path", default=D.model_base_path,
+                   help="versions are exported to <this>/<N> (default %(default)s)")
+    g.add_argument("--model-name", default=D.model_name,
+                   help="model name used in warm-up requests (default %(default)s)")
+    g.add_argument("--run-name", default=None,
+                   help="name of the run folder (default: resume the newest unfinished run with the same "
+                        "settings, else <timestamp>-<encoder>)")
+    g.add_argument("--steps-per-summary", type=int, default=D.steps_per_summary,
+                   help="write step loss and learning rate every N steps (default %(default)s)")
+    g.add_argument("--export-only", action="store_true",
+                   help="skip training: re-export the best checkpoint of --run-name (or the newest run) as a "
+                        "new version")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if values.get("cache_dir") is None:
+        values.pop("cache_dir", None)
+    if args.seed_notebook:
+        values.update(SEED_NOTEBOOK)
+    return TrainConfig(**values).validate()
+
+
+def analyze_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer analyze",
+                                description="Corpus statistics that drive the choice of --seq-length: per-class "
+                                            "counts per split, words per class, word-piece lengths vs 128/256/512.")
+    p.add_argument("--data-dir", default=None, help="folder of class folders (default: BBC in --cache-dir)")
+    p.add_argument("--cache-dir", default=None, help="built encoders / downloaded corpus (default as training)")
+    p.add_argument("--out-dir", default="reports/analysis",
+                   help="where analysis.json, word_piece_lengths.png and TensorBoard histograms go "
+                        "(default %(default)s)")
+    p.add_argument("--encoder", default=D.encoder,
+                   help="whose tokenizer counts word pieces (default %(default)s); 'none' counts words only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if "-v" in argv or "--verbose" in argv else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["encoders"]:
+        from trainer.encoders import DEFAULT_ENCODER, ENCODERS  # noqa: PLC0415
+
+        for name, spec in ENCODERS.items():
+            mark = " (default)" if name == DEFAULT_ENCODER else ""
+            print(f"{name}{mark}\n    encoder:    {spec.encoder_handle}\n    preprocess: {spec.preprocess_handle}")
+        return 0
+    if argv[:1] == ["analyze"]:
+        return _analyze(analyze_parser().parse_args(argv[1:]))
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        parser.error(str(e))
+    from trainer import run  # noqa: PLC0415 (imports TensorFlow)
+    from trainer.data import DataError  # noqa: PLC0415
+    from trainer.encoders import EncoderError  # noqa: PLC0415
+
+    try:
+        result = run.export_only(cfg) if cfg.export_only else run.train_and_export(cfg)
+    except (DataError, EncoderError, run.RunError, FileNotFoundError) as e:
+        logging.getLogger("bertbc.trainer").error("%s", e)
+        return 2
+    print(f"run {result.run_name}: best val accuracy {result.best_val_accuracy:.4f}; exported version "
+          f"{result.version} to {result.export_path}\n  checkpoints: {result.run_checkpoint_dir}\n"
+          f"  TensorBoard: tensorboard --logdir {cfg.logdir}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from trainer import analyze, data  # noqa: PLC0415
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    try:
+        data_dir = data.resolve_data_dir(args.data_dir, cache_dir)
+    except data.DataError as e:
+        logging.getLogger("bertbc.trainer").error("%s", e)
+        return 2
+    lengths_fn = None
+    if args.encoder != "none":
+        from trainer import encoders, preprocessing  # noqa: PLC0415
+
+        spec = encoders.resolve_encoder(args.encoder, cache_dir=cache_dir)
+        lengths_fn = lambda texts: preprocessing.token_lengths(spec.preprocess_handle, texts)  # noqa: E731
+    analyze.run_analysis(data_dir, args.out_dir, token_lengths_fn=lengths_fn)
+    print(f"wrote {args.out_dir}/analysis.json, {args.out_dir}/word_piece_lengths.png and TensorBoard "
+          f"histograms in {args.out_dir}/tensorboard")
+    return 0

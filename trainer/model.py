@@ -1,0 +1,70 @@
+"""The classifier: pretrained encoder → pooled representation → Dropout → Dense logits."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+HEAD_NAME = "classifier"
+
+
+class MaskedMeanPooling(tf_keras.layers.Layer):
+    """Mean of the token vectors that the mask keeps: how sentence-transformers pretrained MiniLM.
+
+    Args (call):
+      sequence_output: float [B, S, H].
+      input_mask: int [B, S], 1 for real tokens.
+    Returns:
+      float [B, H].
+    """
+
+    def call(self, sequence_output, input_mask):
+        mask = tf.cast(input_mask, sequence_output.dtype)[:, :, tf.newaxis]
+        summed = tf.reduce_sum(sequence_output * mask, axis=1)
+        count = tf.maximum(tf.reduce_sum(mask, axis=1), tf.cast(1e-9, sequence_output.dtype))
+        return summed / count
+
+
+def build_classifier(
+    encoder_handle: str,
+    num_classes: int,
+    *,
+    seq_length: int | None = None,
+    pooling: str = "mean",
+    dropout: float = 0.1,
+    trainable: bool = True,
+) -> tf_keras.Model:
+    """Builds the fine-tuning model around a TF Hub–style encoder (URL or local SavedModel path).
+
+    Every encoder, online or offline, goes through `hub.KerasLayer`, so the loop, checkpoints and export never
+    depend on which one was chosen. The head is float32 even under a mixed-precision policy, so the logits and
+    the loss keep full precision.
+
+    Args:
+      encoder_handle: TF Hub handle or path of a reusable SavedModel taking `INPUT_NAMES` int32 [B, S].
+      num_classes: width of the logits.
+      seq_length: static sequence length of the inputs (None = any).
+      pooling: "cls" uses the encoder's `pooled_output` (the seed notebook), "mean" the masked mean of
+        `sequence_output`.
+      dropout: dropout rate before the dense head.
+      trainable: False freezes the encoder (feature extraction).
+
+    Returns:
+      A tf_keras Model mapping the dict of `INPUT_NAMES` to float32 logits [B, num_classes].
+    """
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    inputs = {name: tf_keras.layers.Input(shape=(seq_length,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
+    encoder = hub.KerasLayer(encoder_handle, trainable=trainable, name="encoder")
+    outputs = encoder(inputs)
+    if pooling == "cls":
+        pooled = outputs["pooled_output"]
+    else:
+        pooled = MaskedMeanPooling(name="mean_pooling")(outputs["sequence_output"], inputs["input_mask"])
+    pooled = tf_keras.layers.Dropout(dropout, name="dropout")(pooled)
+    logits = tf_keras.layers.Dense(num_classes, name=HEAD_NAME, dtype="float32")(pooled)
+    return tf_keras.Model(inputs=inputs, outputs=logits, name="bertbc_classifier")

@@ -1,0 +1,61 @@
+"""The model card written into every exported version: what was trained on what, and how well it does."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import platform
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from trainer import summaries
+
+
+def evaluate_module(module, texts, labels, num_classes: int, batch_size: int = 32) -> np.ndarray:
+    """Confusion matrix [C, C] (rows = true) of the EXPORT path (raw text → serve) on the given texts."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for start in range(0, len(texts), batch_size):
+        batch = tf.constant(list(texts[start:start + batch_size]), tf.string)
+        predicted = module.serve(batch)["class_id"].numpy()
+        for true, pred in zip(labels[start:start + batch_size], predicted, strict=True):
+            matrix[int(true), int(pred)] += 1
+    return matrix
+
+
+def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch, best_val_accuracy,
+                     train_seconds) -> dict:
+    """Collects encoder, hyper-parameters, data fingerprint, metrics and environment as a JSON-able dict."""
+    names = list(corpus.class_names)
+    matrix = evaluate_module(module, corpus.val_texts, corpus.val_labels, len(names), cfg.batch_size)
+    per_class = summaries.per_class_metrics(matrix, names)
+    return {
+        "model_name": cfg.model_name,
+        "run_name": run_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "encoder": {"name": spec.name, "encoder_handle": spec.encoder_handle,
+                    "preprocess_handle": spec.preprocess_handle},
+        "hyperparameters": cfg.hparams(),
+        "config": dataclasses.asdict(cfg),
+        "data": {"fingerprint": corpus.fingerprint, "class_names": names,
+                 "train_docs": len(corpus.train_texts), "val_docs": len(corpus.val_texts),
+                 "train_class_counts": corpus.class_counts("train"),
+                 "val_class_counts": corpus.class_counts("val"),
+                 "invalid_utf8_docs": len(corpus.invalid_utf8_paths)},
+        "signature": {"serving_default": {"inputs": {"text": "DT_STRING [-1]"},
+                                          "outputs": {"probabilities": f"DT_FLOAT [-1, {len(names)}]",
+                                                      "class_id": "DT_INT64 [-1]", "label": "DT_STRING [-1]"}}},
+        "epochs": [{k: h[k] for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                                      "val_macro_f1", "improved", "seconds")} for h in history],
+        "best_epoch": best_epoch,
+        "best_val_accuracy": best_val_accuracy,
+        "export_val_accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "export_val_macro_f1": float(np.mean([m["f1"] for m in per_class.values()])),
+        "per_class": per_class,
+        "confusion_matrix": {"rows_true_columns_predicted": names, "matrix": matrix.tolist()},
+        "environment": {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+                        "python": platform.python_version(), "machine": platform.machine(),
+                        "devices": [d.name for d in tf.config.list_logical_devices()]},
+        "train_seconds": None if train_seconds is None else round(train_seconds, 1),
+    }
