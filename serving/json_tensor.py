@@ -144,6 +144,8 @@ def parse_json(body: bytes) -> dict:
     decoder = json.JSONDecoder(object_pairs_hook=_first_key_wins)
     try:
         doc, _ = decoder.raw_decode(text, start)  # trailing bytes ignored (kParseStopWhenDoneFlag)
+    except RecursionError:
+        raise invalid("JSON Parse error: document nested too deeply for the dev server") from None
     except json.JSONDecodeError as err:
         message = "Invalid value."
         if err.msg.startswith("Expecting ',' delimiter"):
@@ -563,7 +565,7 @@ def _tensor_json(array: np.ndarray, name: str, skip_batch: bool) -> list[str]:
             return "[" + ", ".join(write(v) for v in value) + "]"
         return leaf(value)
 
-    values = array.tolist() if array.dtype.kind != "O" else array.tolist()
+    values = array.tolist()
     if skip_batch:
         return [write(v) for v in values]
     return [write(values)]

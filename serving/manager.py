@@ -199,6 +199,16 @@ class Servable:
             )
         tensors = {}
         for key, array in arrays.items():
+            # Checked here because some ops abort the whole process on an unexpected rank (dev-server addition:
+            # the real server feeds the tensor to the graph and reports whatever the graph says).
+            spec = signature.inputs[key].tensor_shape
+            dims = [d.size for d in spec.dim]
+            if not spec.unknown_rank and (
+                len(dims) != array.ndim or any(d >= 0 and d != s for d, s in zip(dims, array.shape, strict=False))
+            ):
+                raise invalid(
+                    f"Input {key} has shape {list(array.shape)}, not compatible with the signature's shape {dims}"
+                )
             dtype = tf.dtypes.as_dtype(signature.inputs[key].dtype)
             tensors[key] = tf.constant(array, dtype=dtype) if dtype == tf.string else tf.convert_to_tensor(array, dtype)
         try:

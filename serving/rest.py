@@ -157,6 +157,8 @@ class Api:
             status, code = 200, "OK"
         except ServingError as err:
             status, code, payload = err.http_status, err.code, error_body(err.message)
+        except RecursionError:
+            status, code, payload = 400, "INVALID_ARGUMENT", error_body("Request JSON nested too deeply")
         except Exception as err:  # noqa: BLE001  (never let the handler die)
             log.exception("unexpected error for %s %s", method, path)
             status, code, payload = 500, "INTERNAL", error_body(f"Internal error: {type(err).__name__}: {err}")

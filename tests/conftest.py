@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.config import TrainConfig
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +58,27 @@ def tiny_encoder(cache_dir):
     from trainer import encoders
 
     return encoders.resolve_encoder("tiny-random", cache_dir=str(cache_dir))
+
+
+TOY = dict(encoder="tiny-random", seq_length=48, batch_size=8, learning_rate=2e-3, warmup_fraction=0.1,
+           pooling="mean", truncation="head", steps_per_summary=2)
+
+
+def toy_config(tmp: Path, corpus: Path, cache: Path, **overrides) -> TrainConfig:
+    values = dict(TOY, data_dir=str(corpus), cache_dir=str(cache), logdir=str(tmp / "logs"),
+                  checkpoint_dir=str(tmp / "ckpt"), model_base_path=str(tmp / "models" / "bertbc"), epochs=4)
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, toy_corpus_dir, cache_dir, tiny_encoder):
+    """One real training run (toy corpus, tiny encoder, 4 epochs) shared by the tests that inspect its outputs."""
+    from trainer import run
+
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = toy_config(tmp, toy_corpus_dir, cache_dir)
+    return cfg, run.train_and_export(cfg)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 import requests
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # so `serving` / `trainer` import under plain `pytest` too
+    sys.path.insert(0, REPO_ROOT)
 CLASS_NAMES = ("business", "entertainment", "politics", "sport", "tech")
 KEYWORDS = {
     "business": ("market", "shares", "economy", "profit"),

@@ -79,6 +79,7 @@ def test_counts_words_and_outputs(corpus_dir, tmp_path):
     assert result["words"]["all"]["count"] == 10 and result["words"]["all"]["mean"] == pytest.approx(16.5)
     assert result["lengths"]["bbb"]["max"] == 100 and result["lengths"]["aaa"]["mean"] == pytest.approx(6.0)
     assert result["fingerprint"] == corpus.fingerprint
+    assert result["duplicates"] == {"extra_copies": 0, "val_docs_also_in_train": 0}
 
     # analysis.json holds the returned numbers
     assert json.loads((out / "analysis.json").read_text()) == json.loads(json.dumps(result))
@@ -141,3 +142,14 @@ def test_missing_data_dir_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         run_analysis(tmp_path / "nope", tmp_path / "out")
     assert not (pathlib.Path(tmp_path) / "out" / "analysis.json").exists()
+
+
+def test_duplicates_are_counted(corpus_dir, tmp_path):
+    # copy every aaa document into bbb under new names: 5 extra copies, and any validation copy has its twin
+    for src in sorted((corpus_dir / "aaa").iterdir()):
+        (corpus_dir / "bbb" / f"copy_{src.name}").write_bytes(src.read_bytes())
+    corpus = load_corpus(corpus_dir)
+    train = set(corpus.train_texts)
+    result = run_analysis(corpus_dir, tmp_path / "out", seq_lengths=(8,))
+    assert result["duplicates"]["extra_copies"] == 5
+    assert result["duplicates"]["val_docs_also_in_train"] == sum(t in train for t in corpus.val_texts)

@@ -231,14 +231,15 @@ def test_builtin_texts_split_short_and_long(lf):
 
 
 @pytest.mark.skipif(not (ROOT / "tests" / "serving_fixtures.py").exists() or not (ROOT / "serving" / "__main__.py").exists(),
-                    reason="dev server (serving/, tests/serving_fixtures.py) not available yet")
+                    reason="dev server (serving/, tests/serving_fixtures.py) not available")
 def test_passing_run_against_dev_server(tmp_path):
+    """The real dev server (python -m serving) with the keyword SavedModel from tests/serving_fixtures.py."""
     sys.path.insert(0, str(ROOT / "tests"))
     serving_fixtures = pytest.importorskip("serving_fixtures")
-    start = getattr(serving_fixtures, "running_dev_server", None)
-    if start is None:
-        pytest.skip("tests/serving_fixtures.py has no running_dev_server(tmp_path) context manager")
-    with start(tmp_path) as url:
-        proc, total = run_locust(url, tmp_path, "--max-p95-ms", "30000", "--max-p99-ms", "60000")
+    base = tmp_path / "models" / "bertbc"
+    serving_fixtures.build_keyword_model(str(base / "1"))
+    args = ["--model_name=bertbc", f"--model_base_path={base}"]
+    with serving_fixtures.dev_server(args, str(tmp_path), wait_models=("bertbc",)) as server:
+        proc, total = run_locust(server.url, tmp_path, "--max-p95-ms", "30000", "--max-p99-ms", "60000")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(total["Failure Count"]) == 0 and int(total["Request Count"]) > 0

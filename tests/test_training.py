@@ -15,30 +15,10 @@ import tensorflow as tf
 import tf_keras
 from tensorboard.backend.event_processing import event_accumulator
 
-from tests.conftest import REPO_ROOT, write_toy_corpus
+from tests.conftest import REPO_ROOT, toy_config, write_toy_corpus
 from trainer import summaries
 from trainer.checkpoints import Checkpoints, make_state
 from trainer.config import TrainConfig
-
-TOY = dict(encoder="tiny-random", seq_length=48, batch_size=8, learning_rate=2e-3, warmup_fraction=0.1,
-           pooling="mean", truncation="head", steps_per_summary=2)
-
-
-def toy_config(tmp: Path, corpus: Path, cache: Path, **overrides) -> TrainConfig:
-    values = dict(TOY, data_dir=str(corpus), cache_dir=str(cache), logdir=str(tmp / "logs"),
-                  checkpoint_dir=str(tmp / "ckpt"), model_base_path=str(tmp / "models" / "bertbc"), epochs=4)
-    values.update(overrides)
-    return TrainConfig(**values).validate()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, toy_corpus_dir, cache_dir, tiny_encoder):
-    """One real training run shared by the tests that inspect its outputs."""
-    from trainer import run
-
-    tmp = tmp_path_factory.mktemp("run")
-    cfg = toy_config(tmp, toy_corpus_dir, cache_dir)
-    return cfg, run.train_and_export(cfg)
 
 
 def test_loss_falls_and_learns_the_toy_task(trained):

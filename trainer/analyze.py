@@ -13,6 +13,7 @@ Outputs in ``out_dir``: ``analysis.json`` (the returned dict), ``word_piece_leng
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -68,7 +69,7 @@ def run_analysis(
 
     Returns:
       A JSON-able dict (also written to ``analysis.json``); keys: ``class_names``, ``splits`` (per-class
-      counts/shares of train and validation), ``max_share_difference``, ``words`` and ``lengths`` (per class
+      counts/shares of train and validation), ``max_share_difference``, ``duplicates``, ``words`` and ``lengths`` (per class
       and ``"all"``), ``length_unit``, ``note``, ``seq_lengths``, ``outputs``, ``seconds``.
     """
     if isinstance(reserved_tokens, bool) or not isinstance(reserved_tokens, int) or reserved_tokens < 0:
@@ -111,6 +112,7 @@ def run_analysis(
         "seq_lengths": list(seq_lengths),
         "reserved_tokens": reserved_tokens,
         **_split_stats(corpus),
+        "duplicates": _duplicates(corpus),
         "words": {g: _describe(words[m]) for g, m in groups.items()},
         "lengths": {
             g: {**_describe(lengths[m]), "truncated_share": _truncated(lengths[m], seq_lengths, reserved_tokens)}
@@ -152,6 +154,16 @@ def _split_stats(corpus: Corpus) -> dict:
     }
 
 
+def _duplicates(corpus: Corpus) -> dict:
+    """Exact byte-identical documents: extra copies overall, and validation documents also in train (leakage)."""
+    copies = collections.Counter(corpus.train_texts + corpus.val_texts)
+    train = set(corpus.train_texts)
+    return {
+        "extra_copies": sum(n - 1 for n in copies.values()),
+        "val_docs_also_in_train": sum(t in train for t in corpus.val_texts),
+    }
+
+
 def _describe(x: np.ndarray) -> dict:
     return {
         "count": int(x.size),
@@ -175,6 +187,12 @@ def format_table(result: dict) -> str:
         f"largest train-vs-validation class-share gap {result['max_share_difference']:.1%}",
         f"lengths: {result['length_unit']} (truncated at L = longer than L-{result['reserved_tokens']})",
     ]
+    dup = result["duplicates"]
+    if dup["extra_copies"]:
+        lines.append(
+            f"{dup['extra_copies']} exact duplicate document(s); {dup['val_docs_also_in_train']} validation "
+            "document(s) also appear in train (validation scores are slightly optimistic)"
+        )
     if result["note"]:
         lines.append(f"NOTE: {result['note']}")
     if result["invalid_utf8_paths"]:

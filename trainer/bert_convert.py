@@ -213,7 +213,7 @@ _HF_DELETED_CHARS = r"[\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}\p{Cf}\p{Co
 
 
 class HfBasicTokenizer(BasicTokenizer):
-    """tf_text BasicTokenizer whose lower-casing matches Hugging Face's uncased ``BertTokenizer``.
+    r"""tf_text BasicTokenizer whose lower-casing matches Hugging Face's uncased ``BertTokenizer``.
 
     tf_text lower-cases with NFKC_Casefold, which also rewrites compatibility characters ("™" → "tm",
     "½" → "1⁄2", "ﬁ" → "fi") that HF keeps (and its vocab has). HF does ``str.lower()`` → NFD → drop

@@ -31,7 +31,7 @@ class TrainConfig:
     preprocess_handle: str | None = None
     pooling: str = "mean"  # "cls" (the seed's pooled_output) or "mean" (masked mean of sequence_output)
     truncation: str = "head_tail"  # "head" (the seed's) or "head_tail"
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 16
     seq_length: int = 256
     learning_rate: float = 5e-5

@@ -22,6 +22,8 @@ import socket
 import tempfile
 import urllib.parse
 
+from trainer.config import default_cache_dir
+
 DEFAULT_ENCODER = "minilm-l6"
 POOLINGS = ("cls", "mean")
 _READY_MARKER = "BUILD_COMPLETE"
@@ -93,11 +95,6 @@ OFFLINE_ENCODERS = {
 }
 
 ENCODERS: dict[str, EncoderSpec] = {**_tutorial_table(), **OFFLINE_ENCODERS}
-
-
-def default_cache_dir() -> str:
-    """``$BERTBC_CACHE_DIR`` or ``~/.cache/bertbc``."""
-    return os.environ.get("BERTBC_CACHE_DIR") or os.path.expanduser("~/.cache/bertbc")
 
 
 def _build_offline(name: str, out_dir: pathlib.Path) -> None:

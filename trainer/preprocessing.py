@@ -99,8 +99,9 @@ class Preprocessor(tf.Module):
     def __call__(self, texts):
         """texts: string [B] → dict input_word_ids / input_mask / input_type_ids, each int32 [B, seq_length]."""
         tokens = truncate(self.wordpieces(texts), self.seq_length - 2, self.truncation)
+        # seq_length as a Python int keyword: the calling convention of TF Hub's own preprocessors.
         packed = self.preprocess.bert_pack_inputs([_as_words(tf.cast(tokens, tf.int32))],
-                                                  tf.constant(self.seq_length, tf.int32))
+                                                  seq_length=self.seq_length)
         batch = tf.shape(texts)[0]
         return {k: tf.ensure_shape(tf.reshape(tf.cast(packed[k], tf.int32), [batch, self.seq_length]),
                                    [None, self.seq_length])

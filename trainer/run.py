@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 import tf_keras
 
 from trainer import data as data_lib
@@ -172,8 +171,8 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
     def write_extras(tmp_dir: Path) -> None:
         from trainer.opcheck import check_saved_model_ops  # noqa: PLC0415
 
-        warm = [t for t in corpus.val_texts[:8]] or [b"warm-up"]
-        write_warmup_requests(str(tmp_dir), [warm[:1], warm], model_name=cfg.model_name)
+        # One single-text and one batched request per text: the shapes clients send first after a swap.
+        write_warmup_requests(str(tmp_dir), list(corpus.val_texts[:4]) or [b"warm-up"], model_name=cfg.model_name)
         check_saved_model_ops(str(tmp_dir))
         card["export_seconds"] = round(time.perf_counter() - started, 1)
         (tmp_dir / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
@@ -192,7 +191,7 @@ def latest_finished_or_named_run(cfg: TrainConfig) -> str:
     root = Path(cfg.checkpoint_dir)
     if cfg.run_name:
         return cfg.run_name
-    runs = sorted((p.parent for p in root.glob("*/best/checkpoint")), key=lambda p: p.stat().st_mtime,
+    runs = sorted((p.parent.parent for p in root.glob("*/best/checkpoint")), key=lambda p: p.stat().st_mtime,
                   reverse=True)
     if not runs:
         raise RunError(f"--export-only: no run with a best checkpoint under {root}; train first")

@@ -1,0 +1,293 @@
+"""Serving benchmark: REST throughput/latency at several concurrency levels + the preprocessing share.
+
+1. Starts the dev server (``python -m serving``) on 127.0.0.1 (free port) for an exported model base path,
+   runs the project's Locust load test headless at 1, 4 and 16 users (closed loop, no think time) for a
+   fixed time each, and reads Locust's own CSV: requests/s, texts/s, p50/p95/p99, failures.
+2. Stops the server, loads the newest SavedModel version in-process and times, interleaved, the full
+   ``serving_default`` signature on one text vs. its two halves: the in-graph ``preprocessor`` (strings ->
+   token ids) and the classifier fed those pre-tokenized ids. Reports medians and the preprocessing share
+   of a single request's model time (HTTP/JSON overhead excluded).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_serving.py [models/bertbc] [--seconds 20] [--users 1,4,16] [--runs 50]
+
+On a 2-core machine Locust and the server share the cores; numbers compare configurations on the same
+host, they are not capacity figures for a production host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+BUILTIN_TEXTS = ROOT / "loadtest" / "texts"
+MODEL_NAME = "bertbc"
+INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One Locust run's aggregate numbers (response times in ms, from Locust's CSV)."""
+
+    users: int
+    requests: int
+    failures: int
+    req_per_s: float
+    texts_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class PreprocessShare:
+    """Medians over ``runs`` interleaved calls on one text (ms) and the preprocessing share of the full call."""
+
+    runs: int
+    text_chars: int
+    full_ms: float
+    preprocess_ms: float
+    classifier_ms: float
+    preprocess_share: float
+
+
+def latest_version(base_path: pathlib.Path) -> pathlib.Path:
+    """The highest ``<base>/<int>`` folder holding a saved_model.pb (TF Serving's rule for versions)."""
+    versions = [p for p in base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()] \
+        if base_path.is_dir() else []
+    if not versions:
+        raise SystemExit(f"model_base_path: no <N>/saved_model.pb under {str(base_path)!r}; export a model first "
+                         "(python -m trainer ... --model-base-path models/bertbc)")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_available(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    """Polls ``GET /v1/models/bertbc`` until a version is AVAILABLE; fails early if the server died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"dev server exited with code {proc.returncode} before the model became available")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models/{MODEL_NAME}", timeout=2) as resp:
+                states = [v["state"] for v in json.load(resp).get("model_version_status", [])]
+                if "AVAILABLE" in states:
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"model not AVAILABLE at {url} after {timeout_s:.0f}s")
+
+
+def read_locust_csv(prefix: pathlib.Path, users: int, batch_size: int) -> LoadResult:
+    """Parses ``<prefix>_stats.csv``: the Aggregated row, plus texts/s from the per-task rows."""
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    total = next(r for r in rows if r["Name"] == "Aggregated")
+    texts_per_s = sum(float(r["Requests/s"]) * (batch_size if "batch" in r["Name"] else 1)
+                      for r in rows if r["Name"] != "Aggregated")
+    return LoadResult(
+        users=users,
+        requests=int(total["Request Count"]),
+        failures=int(total["Failure Count"]),
+        req_per_s=float(total["Requests/s"]),
+        texts_per_s=texts_per_s,
+        p50_ms=float(total["50%"] or 0),
+        p95_ms=float(total["95%"] or 0),
+        p99_ms=float(total["99%"] or 0),
+    )
+
+
+def run_load(base_path: pathlib.Path, users: list[int], seconds: int, batch_size: int, texts_dir: str,
+             workdir: pathlib.Path) -> list[LoadResult]:
+    """Starts the dev server, runs one headless Locust per user count, stops the server."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serving", f"--rest_api_port={port}", "--rest_api_host=127.0.0.1",
+         f"--model_name={MODEL_NAME}", f"--model_base_path={base_path.resolve()}"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    results = []
+    try:
+        wait_available(url, server)
+        locust = pathlib.Path(sys.executable).with_name("locust")
+        locust_env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+        for n in users:
+            prefix = workdir / f"users{n}"
+            cmd = [str(locust), "-f", str(LOCUSTFILE), "--headless", "-u", str(n), "-r", str(n),
+                   "-t", f"{seconds}s", "--host", url, "--csv", str(prefix), "--only-summary",
+                   "--stop-timeout", "10", "--think-time-ms", "0", "--batch-size", str(batch_size),
+                   "--max-fail-ratio", "1", "--max-p95-ms", "1e12", "--max-p99-ms", "1e12"]
+            if texts_dir:
+                cmd += ["--texts-dir", texts_dir]
+            print(f"locust: {n} users for {seconds}s ...", file=sys.stderr, flush=True)
+            subprocess.run(cmd, cwd=workdir, env=locust_env, capture_output=True, text=True,
+                           timeout=seconds + 120, check=False)
+            results.append(read_locust_csv(prefix, n, batch_size))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+    return results
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000.0
+
+
+def measure_preprocess_share(version_dir: pathlib.Path, text: str, runs: int) -> PreprocessShare | None:
+    """Times full signature vs. preprocessor vs. classifier-on-ids, interleaved so drift hits all three.
+
+    Expects the exported module's attributes ``preprocessor`` (strings [B] -> dict of int32 [B, S]) and
+    ``classify_features(input_word_ids, input_mask, input_type_ids)`` -> logits [B, C] (falls back to
+    ``classifier(dict)``). Returns None when the SavedModel exposes neither.
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
+
+    loaded = tf.saved_model.load(str(version_dir))
+    full = loaded.signatures["serving_default"]
+    if not hasattr(loaded, "preprocessor"):
+        print(f"{version_dir}: no `preprocessor` attribute; skipping the preprocessing share", file=sys.stderr)
+        return None
+    if hasattr(loaded, "classify_features"):
+        def classify(features):
+            return loaded.classify_features(*(features[name] for name in INPUT_NAMES))
+    elif hasattr(loaded, "classifier"):
+        def classify(features):
+            return loaded.classifier(features, training=False)
+    else:
+        print(f"{version_dir}: no `classify_features`/`classifier` attribute; skipping", file=sys.stderr)
+        return None
+
+    texts = tf.constant([text])
+    features = loaded.preprocessor(texts)
+    calls = {
+        "full": lambda: full(text=texts),
+        "preprocess": lambda: loaded.preprocessor(texts),
+        "classifier": lambda: classify(features),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(3):  # warm-up: tracing, first-run allocations
+        for call in calls.values():
+            _block(call())
+    for _ in range(runs):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            _block(call())
+            timings[name].append(time.perf_counter() - start)
+    full_ms, pre_ms, cls_ms = (_median_ms(timings[k]) for k in ("full", "preprocess", "classifier"))
+    return PreprocessShare(runs=runs, text_chars=len(text), full_ms=full_ms, preprocess_ms=pre_ms,
+                           classifier_ms=cls_ms, preprocess_share=pre_ms / full_ms if full_ms else 0.0)
+
+
+def _block(result) -> None:
+    """Forces eager results to materialize (``.numpy()``) so timings include the computation."""
+    import tensorflow as tf
+
+    for value in tf.nest.flatten(result):
+        if hasattr(value, "numpy"):
+            value.numpy()
+
+
+def longest_text(texts_dir: str) -> str:
+    root = pathlib.Path(texts_dir) if texts_dir else BUILTIN_TEXTS
+    paths = sorted(root.rglob("*.txt"))
+    if not paths:
+        raise SystemExit(f"--texts-dir: no *.txt under {str(root)!r}")
+    return max((p.read_bytes().decode("utf-8", errors="replace").strip() for p in paths), key=len)
+
+
+def print_report(load: list[LoadResult], share: PreprocessShare | None, seconds: int) -> None:
+    if load:
+        print(f"\nREST /v1/models/{MODEL_NAME}:predict via dev server, {seconds}s per level, no think time")
+        print(f"{'users':>5} {'requests':>9} {'fail':>5} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'p99 ms':>8}")
+        for r in load:
+            print(f"{r.users:>5} {r.requests:>9} {r.failures:>5} {r.req_per_s:>8.1f} {r.texts_per_s:>8.1f} "
+                  f"{r.p50_ms:>8.0f} {r.p95_ms:>8.0f} {r.p99_ms:>8.0f}")
+    if share:
+        print(f"\nIn-process, one text ({share.text_chars} chars), median of {share.runs} interleaved runs")
+        print(f"  full serving_default : {share.full_ms:8.2f} ms")
+        print(f"  preprocessor only    : {share.preprocess_ms:8.2f} ms")
+        print(f"  classifier on ids    : {share.classifier_ms:8.2f} ms")
+        print(f"  preprocessing share  : {share.preprocess_share:8.1%} of the full call")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model_base_path", type=pathlib.Path, nargs="?", default=None,
+                   help="Folder with numbered SavedModel versions (default models/bertbc).")
+    p.add_argument("--model-base-path", dest="model_base_path_flag", type=pathlib.Path, default=None,
+                   help="Same as the positional argument.")
+    p.add_argument("--seconds", type=int, default=20, help="Locust run time per concurrency level.")
+    p.add_argument("--users", default="1,4,16", help="Comma-separated concurrency levels.")
+    p.add_argument("--runs", type=int, default=50, help="Timed in-process calls per variant (medians).")
+    p.add_argument("--batch-size", type=int, default=8, help="Texts per batched request in the load test.")
+    p.add_argument("--texts-dir", default="", help="Request texts (*.txt, recursive); default loadtest/texts.")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="Also write the results as JSON here.")
+    p.add_argument("--skip-load", action="store_true", help="Only measure the preprocessing share.")
+    p.add_argument("--skip-share", action="store_true", help="Only run the load levels.")
+    args = p.parse_args(argv)
+    if args.model_base_path and args.model_base_path_flag and args.model_base_path != args.model_base_path_flag:
+        p.error("model_base_path given twice with different values")
+    args.model_base_path = args.model_base_path or args.model_base_path_flag or pathlib.Path("models/bertbc")
+    try:
+        args.users = [int(u) for u in args.users.split(",") if u.strip()]
+    except ValueError:
+        p.error(f"--users: expected comma-separated integers, got {args.users!r}")
+    if not args.users or min(args.users) < 1:
+        p.error("--users: every level must be >= 1")
+    if args.seconds < 1 or args.runs < 1 or args.batch_size < 1:
+        p.error("--seconds, --runs and --batch-size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    version_dir = latest_version(args.model_base_path)
+    print(f"model: {version_dir}", file=sys.stderr)
+    load: list[LoadResult] = []
+    share = None
+    with tempfile.TemporaryDirectory(prefix="bertbc-bench-") as tmp:
+        if not args.skip_load:
+            load = run_load(args.model_base_path, args.users, args.seconds, args.batch_size, args.texts_dir,
+                            pathlib.Path(tmp))
+    if not args.skip_share:
+        share = measure_preprocess_share(version_dir, longest_text(args.texts_dir), args.runs)
+    print_report(load, share, args.seconds)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"model": str(version_dir), "load": [asdict(r) for r in load],
+                                        "preprocess_share": asdict(share) if share else None}, indent=2))
+    return 1 if any(r.failures for r in load) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
