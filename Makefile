@@ -68,8 +68,10 @@ bench-pipeline: install ## steps/s: tf.function vs eager, parallel vs serial inp
 bench-serving: install ## Locust at 1/4/16 users against the dev server + in-graph preprocessing share
 	$(PY) benchmarks/bench_serving.py --model-base-path models/bertbc
 
-golden: ## regenerate tests/fixtures/minilm_golden.json (needs torch+transformers in a separate venv)
-	bash scripts/make_golden.sh
+golden: install ## regenerate tests/fixtures/minilm_golden.json with PyTorch + transformers in .venv-ref (never .venv)
+	$(PYTHON) -m venv .venv-ref
+	.venv-ref/bin/pip install --quiet torch==2.13.0 transformers safetensors numpy
+	.venv-ref/bin/python scripts/make_golden.py
 
 clean: ## remove run outputs (keeps .venv and the encoder cache)
 	rm -rf logs checkpoints reports .pytest_cache

@@ -526,3 +526,16 @@ def test_trainer_dockerfile_copies_only_allowed_paths():
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     assert copies and all(not _ignored(patterns, c.rstrip("/")) for c in copies)
+
+
+def test_compose_defaults_equal_the_trainer_defaults():
+    """`docker compose up trainer` and `make train` must train the same model unless told otherwise."""
+    from trainer.config import TrainConfig
+
+    raw = BASE.read_text()
+    defaults = TrainConfig()
+    expected = {"BERTBC_ENCODER": defaults.encoder, "BERTBC_EPOCHS": str(defaults.epochs),
+                "BERTBC_BATCH_SIZE": str(defaults.batch_size)}
+    for variable, value in expected.items():
+        found = re.search(rf"\$\{{{variable}:-([^}}]+)\}}", raw)
+        assert found and found.group(1) == value, (variable, found and found.group(1), value)
