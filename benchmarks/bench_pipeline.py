@@ -61,7 +61,7 @@ def run_variant(variant: str, args) -> dict:
     from trainer.preprocessing import Preprocessor
 
     configure_precision("bf16" if variant == "bf16" else "off")
-    tf.keras.utils.set_random_seed(0)
+    tf.random.set_seed(0)
     corpus = data.load_corpus(data.resolve_data_dir(args.data_dir, args.cache_dir),
                               max_train_docs=args.batch_size * (args.steps + args.warmup), max_val_docs=16)
     spec = encoders.resolve_encoder(args.encoder, cache_dir=args.cache_dir)
@@ -85,9 +85,7 @@ def run_variant(variant: str, args) -> dict:
         if k >= args.warmup:
             waits.append(t1 - t0)
             totals.append(t2 - t0)
-    enc_config = json.loads(Path(spec.encoder_handle).parent.joinpath("config.json").read_text()) \
-        if Path(spec.encoder_handle).parent.joinpath("config.json").exists() else args.encoder_config
-    flops = bert_train_flops(enc_config, args.batch_size, args.seq_length, len(corpus.class_names))
+    flops = bert_train_flops(args.encoder_config, args.batch_size, args.seq_length, len(corpus.class_names))
     step = statistics.median(totals)
     peak = matmul_flops("bfloat16" if variant == "bf16" else "float32")
     return {"variant": variant, "median_step_s": step, "steps_per_s": 1 / step,
@@ -105,12 +103,16 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS, help="which variants")
+    p.add_argument("--hidden-size", type=int, default=384, help="encoder width, for FLOPs (MiniLM-L6: 384)")
+    p.add_argument("--intermediate-size", type=int, default=1536, help="FFN width, for FLOPs (MiniLM-L6: 1536)")
+    p.add_argument("--layers", type=int, default=6, help="encoder layers, for FLOPs (MiniLM-L6: 6)")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     from trainer.config import default_cache_dir
 
     args.cache_dir = args.cache_dir or default_cache_dir()
-    args.encoder_config = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
+    args.encoder_config = {"hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size,
+                           "num_hidden_layers": args.layers}
     if args.variant:
         print("RESULT " + json.dumps(run_variant(args.variant, args)), flush=True)
         return 0
@@ -118,7 +120,8 @@ def main() -> int:
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--variant", variant, "--encoder", args.encoder, "--batch-size",
                str(args.batch_size), "--seq-length", str(args.seq_length), "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--cache-dir", args.cache_dir] + (["--data-dir", args.data_dir] if args.data_dir else [])
+               str(args.warmup), "--cache-dir", args.cache_dir, "--hidden-size", str(args.hidden_size),
+               "--intermediate-size", str(args.intermediate_size), "--layers", str(args.layers)] + (["--data-dir", args.data_dir] if args.data_dir else [])
         print(f"== {variant}", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)

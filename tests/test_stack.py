@@ -304,8 +304,8 @@ def test_images_we_build_run_as_non_root(dockerfile):
     assert users and users[-1].split(":")[0] not in ("0", "root")
 
 
-@pytest.mark.parametrize("name", LOCUST_SERVICES)
-def test_locust_runs_as_non_root(base, name):
+@pytest.mark.parametrize("name", [*LOCUST_SERVICES, "serving"])
+def test_pulled_images_run_as_non_root(base, name):
     assert base["services"][name]["user"].split(":")[0] not in ("0", "root")
 
 
