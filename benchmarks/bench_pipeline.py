@@ -5,8 +5,9 @@ Variants (each in its own process, because precision rewrites and tf.function st
   eager       the same step run eagerly
   serial      tf.function, but the input pipeline without parallel map and prefetch
   bf16        tf.function + --mixed-precision bf16 (Keras policy + oneDNN bf16 Grappler rewrite)
-For each: median step time, steps/s, the share of step time spent waiting for input, and achieved FLOP/s as
-a share of this machine's dense matmul FLOP/s (fp32 or bf16, measured in the same process).
+For each: median step time, steps/s, the share of step time spent waiting for input, achieved FLOP/s as
+a share of this machine's dense matmul FLOP/s (fp32 or bf16, measured in the same process), and how many
+batches/s the input pipeline produces on its own (what it could feed a much faster accelerator).
 FLOPs per step are counted analytically for a BERT encoder (6·params·tokens-style, attention included).
 """
 
@@ -74,6 +75,12 @@ def run_variant(variant: str, args) -> dict:
     steps = make_steps(strategy, model, optimizer, compiled=variant != "eager")
     ds = make_train_dataset(corpus.train_texts, corpus.train_labels, pre, batch_size=args.batch_size, seed=0,
                             parallel=variant != "serial")
+    # The input pipeline alone: how fast can it feed an accelerator that needed no time per step?
+    n_input = 0
+    t = time.perf_counter()
+    for _ in ds.repeat().take(args.input_batches):
+        n_input += 1
+    input_batches_per_s = n_input / (time.perf_counter() - t)
     it = iter(ds)
     waits, totals = [], []
     for k in range(args.warmup + args.steps):
@@ -90,7 +97,7 @@ def run_variant(variant: str, args) -> dict:
     peak = matmul_flops("bfloat16" if variant == "bf16" else "float32")
     return {"variant": variant, "median_step_s": step, "steps_per_s": 1 / step,
             "input_wait_share": float(np.sum(waits) / np.sum(totals)), "achieved_flops": flops / step,
-            "matmul_flops": peak, "flops_share": flops / step / peak}
+            "matmul_flops": peak, "flops_share": flops / step / peak, "input_batches_per_s": input_batches_per_s}
 
 
 def main() -> int:
@@ -102,6 +109,8 @@ def main() -> int:
     p.add_argument("--seq-length", type=int, default=128, help="sequence length (default %(default)s)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
+    p.add_argument("--input-batches", type=int, default=40,
+                   help="batches the input pipeline produces alone, to time it without training (default %(default)s)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS, help="which variants")
     p.add_argument("--hidden-size", type=int, default=384, help="encoder width, for FLOPs (MiniLM-L6: 384)")
     p.add_argument("--intermediate-size", type=int, default=1536, help="FFN width, for FLOPs (MiniLM-L6: 1536)")
@@ -120,7 +129,7 @@ def main() -> int:
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--variant", variant, "--encoder", args.encoder, "--batch-size",
                str(args.batch_size), "--seq-length", str(args.seq_length), "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--cache-dir", args.cache_dir, "--hidden-size", str(args.hidden_size),
+               str(args.warmup), "--input-batches", str(args.input_batches), "--cache-dir", args.cache_dir, "--hidden-size", str(args.hidden_size),
                "--intermediate-size", str(args.intermediate_size), "--layers", str(args.layers)] + (["--data-dir", args.data_dir] if args.data_dir else [])
         print(f"== {variant}", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -133,11 +142,11 @@ def main() -> int:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; encoder {args.encoder}, batch "
           f"{args.batch_size} x {args.seq_length} tokens, {args.steps} timed steps per variant")
     print(f"{'variant':<8} {'step s':>8} {'steps/s':>8} {'vs graph':>9} {'input wait':>11} {'GFLOP/s':>9} "
-          f"{'matmul GFLOP/s':>15} {'of peak':>8}")
+          f"{'matmul GFLOP/s':>15} {'of peak':>8} {'input alone b/s':>16}")
     for r in rows:
         print(f"{r['variant']:<8} {r['median_step_s']:>8.3f} {r['steps_per_s']:>8.2f} "
               f"{base / r['median_step_s']:>8.2f}x {100 * r['input_wait_share']:>10.1f}% "
-              f"{r['achieved_flops'] / 1e9:>9.1f} {r['matmul_flops'] / 1e9:>15.1f} {100 * r['flops_share']:>7.1f}%")
+              f"{r['achieved_flops'] / 1e9:>9.1f} {r['matmul_flops'] / 1e9:>15.1f} {100 * r['flops_share']:>7.1f}% {r['input_batches_per_s']:>16.1f}")
     return 0
 
 

@@ -141,10 +141,12 @@ def run_load(base_path: pathlib.Path, users: list[int], seconds: int, batch_size
                    "--stop-timeout", "10", "--think-time-ms", "0", "--batch-size", str(batch_size),
                    "--max-fail-ratio", "1", "--max-p95-ms", "1e12", "--max-p99-ms", "1e12"]
             if texts_dir:
-                cmd += ["--texts-dir", texts_dir]
+                cmd += ["--texts-dir", str(pathlib.Path(texts_dir).resolve())]  # Locust runs in workdir
             print(f"locust: {n} users for {seconds}s ...", file=sys.stderr, flush=True)
-            subprocess.run(cmd, cwd=workdir, env=locust_env, capture_output=True, text=True,
-                           timeout=seconds + 120, check=False)
+            done = subprocess.run(cmd, cwd=workdir, env=locust_env, capture_output=True, text=True,
+                                  timeout=seconds + 120, check=False)
+            if not pathlib.Path(f"{prefix}_stats.csv").exists():
+                raise SystemExit(f"locust wrote no statistics (exit {done.returncode}):\n{done.stderr[-3000:]}")
             results.append(read_locust_csv(prefix, n, batch_size))
     finally:
         server.terminate()
