@@ -186,7 +186,7 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
     return RunResult(run_name, run_ckpt, version, path, float(state.best_val_accuracy.numpy()), history)
 
 
-def latest_finished_or_named_run(cfg: TrainConfig) -> str:
+def run_to_export(cfg: TrainConfig) -> str:
     """For --export-only: the named run, else the newest run with a best checkpoint."""
     root = Path(cfg.checkpoint_dir)
     if cfg.run_name:
@@ -203,7 +203,7 @@ def export_only(cfg: TrainConfig) -> RunResult:
     corpus = load_data(cfg)
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
-    return export_run(cfg, corpus, spec, latest_finished_or_named_run(cfg))
+    return export_run(cfg, corpus, spec, run_to_export(cfg))
 
 
 def load_data(cfg: TrainConfig) -> data_lib.Corpus:
