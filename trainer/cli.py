@@ -61,7 +61,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="word pieces per document incl. [CLS]/[SEP] (default %(default)s; seed 128)")
     g.add_argument("--truncation", choices=("head", "head_tail"), default=D.truncation,
                    help="how a longer article is cut to --seq-length: 'head' keeps the start (seed), 'head_tail' "
-                        "keeps the start and the end (default %(default)s)")
+                        "keeps the first quarter and the last three quarters of the budget (default %(default)s)")
     g.add_argument("--dropout", type=float, default=D.dropout, help="dropout before the dense head (default %(default)s)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=D.epochs, help="epochs (default %(default)s; seed 3)")
