@@ -490,6 +490,3 @@ class ModelManager:
             "metadata": {"signature_def": servable.metadata_signature_defs()},
         }
 
-    def loaded_versions(self, name: str) -> list[int]:
-        with self._lock:
-            return sorted(self._loaded.get(name, {}))

@@ -139,9 +139,8 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     best = float(state.best_val_accuracy.numpy())
     logger.hparams(cfg.hparams(), run_name, best, int(state.epoch.numpy()))
     logger.close()
-    result = export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
-                        train_seconds=time.perf_counter() - started)
-    return result
+    return export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
+                      train_seconds=time.perf_counter() - started)
 
 
 def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *, preprocessor=None,
