@@ -11,11 +11,12 @@ URL ?= http://127.0.0.1:8501
 USERS ?= 8
 SPAWN_RATE ?= 4
 DURATION ?= 30s
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy \
-        bench-pipeline bench-serving golden clean
+        bench-pipeline bench-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
+# Compose: the CPU override unless this host has an NVIDIA driver (nvidia-smi); COMPOSE_FILES=... to choose.
+COMPOSE_FILES ?= -f docker-compose.yml $(if $(shell command -v nvidia-smi),,-f compose.cpu.yml)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,8 +53,22 @@ loadtest: install ## headless Locust against URL (default 127.0.0.1:8501); CSV +
 stack: install ## native stack without Docker: smoke training, dev server, TensorBoard, short Locust run
 	bash scripts/stack.sh
 
-test: install ## the test suite (what CI runs)
+test: install ## the test suite (what CI runs), incl. the compose e2e test (BERTBC_SKIP_COMPOSE=1 opts out)
 	$(PY) -m pytest
+
+test-compose: install ## only the compose end-to-end test (starts a Docker engine, builds stand-in images)
+	$(PY) -m pytest -m compose tests/test_compose_e2e.py
+
+compose-loadtest: ## Locust in the compose stack, as your uid/gid so the reports in ./reports are yours
+	mkdir -p $${BERTBC_REPORTS_DIR:-reports}
+	BERTBC_UID=$$(id -u) BERTBC_GID=$$(id -g) docker compose $(COMPOSE_FILES) --profile loadtest run --rm loadtest
+
+k8s-render: install ## render every Kubernetes target (deploy/kubernetes) into reports/kubernetes/ and validate it
+	mkdir -p reports/kubernetes
+	for dir in deploy/kubernetes/overlays/* deploy/kubernetes/kserve deploy/kubernetes/kubeflow; do \
+	  $(VENV)/bin/kubectl kustomize $$dir > reports/kubernetes/$$(basename $$dir).yaml || exit 1; done
+	$(VENV)/bin/kubernetes-validate --strict --quiet reports/kubernetes/*.yaml
+	$(PY) -m pytest -q tests/test_kubernetes.py
 
 lint: install ## ruff + hadolint
 	$(VENV)/bin/ruff check .
@@ -65,8 +80,19 @@ bench-accuracy: install ## fine-tune on BBC with the default and the seed settin
 bench-pipeline: install ## steps/s: tf.function vs eager, parallel vs serial input, fp32 vs bf16, input wait, FLOP/s
 	$(PY) benchmarks/bench_pipeline.py $(DATA_FLAG)
 
-bench-serving: install ## Locust at 1/4/16 users against the dev server + in-graph preprocessing share
-	$(PY) benchmarks/bench_serving.py --model-base-path models/bertbc
+# The bf16 export of the same run, for the fp32-vs-bf16 columns: make bf16-export (or MODELS_BF16= to skip).
+MODELS ?= models/bertbc
+MODELS_BF16 ?= $(wildcard models/bertbc-bf16)
+BF16_FLAG = $(if $(MODELS_BF16),--bf16-model-base-path $(MODELS_BF16),)
+
+bench-serving: install ## Locust at 1/4/16 users + preprocessing share + short/long x fp32/bf16 table (CPU named)
+	$(PY) benchmarks/bench_serving.py --model-base-path $(MODELS) $(BF16_FLAG)
+
+bench-parity: install ## length buckets vs full-length packing, bf16 vs fp32, on the 445 validation docs
+	$(PY) benchmarks/bench_export_parity.py $(MODELS) $(BF16_FLAG) $(DATA_FLAG)
+
+bf16-export: install ## re-export the newest run's best checkpoint with bf16 matmuls into models/bertbc-bf16
+	$(PY) -m trainer $(DATA_FLAG) --export-only --export-precision bf16 --model-base-path models/bertbc-bf16
 
 golden: install ## regenerate tests/fixtures/minilm_golden.json with PyTorch + transformers in .venv-ref (never .venv)
 	$(PYTHON) -m venv .venv-ref

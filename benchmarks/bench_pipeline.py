@@ -56,9 +56,10 @@ def run_variant(variant: str, args) -> dict:
     import tensorflow as tf
 
     from trainer import data, encoders
-    from trainer.loop import configure_precision, make_steps
+    from trainer.loop import make_steps
     from trainer.model import build_classifier
     from trainer.pipeline import make_train_dataset
+    from trainer.precision import configure_precision
     from trainer.preprocessing import Preprocessor
 
     configure_precision("bf16" if variant == "bf16" else "off")

@@ -7,10 +7,17 @@
    ``serving_default`` signature on one text vs. its two halves: the in-graph ``preprocessor`` (strings ->
    token ids) and the classifier fed those pre-tokenized ids. Reports medians and the preprocessing share
    of a single request's model time (HTTP/JSON overhead excluded).
+3. Length buckets x precision, in-process and interleaved in one run: a short headline (<= 32 word pieces), a
+   medium text and a full-length article through ``serving_default`` of the fp32 export and, if given, of the
+   bf16 export (``--bf16-model-base-path``; make one with ``python -m trainer --export-only
+   --export-precision bf16 --model-base-path models/bertbc-bf16``), plus batches of 16 full-length articles
+   (texts/s). Prints medians, the long/short ratio per precision, bf16's speed-up, and the CPU's name and
+   bf16 features (/proc/cpuinfo), so the README table can be pasted from one run.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_serving.py [models/bertbc] [--seconds 20] [--users 1,4,16] [--runs 50]
+    .venv/bin/python benchmarks/bench_serving.py [models/bertbc] [--bf16-model-base-path models/bertbc-bf16]
+        [--seconds 20] [--users 1,4,16] [--runs 50] [--skip-load] [--skip-share] [--skip-lengths]
 
 On a 2-core machine Locust and the server share the cores; numbers compare configurations on the same
 host, they are not capacity figures for a production host.
@@ -189,10 +196,12 @@ def measure_preprocess_share(version_dir: pathlib.Path, text: str, runs: int) ->
         return None
 
     texts = tf.constant([text])
-    features = loaded.preprocessor(texts)
+    # What serve() runs: length-bucketed packing when the export has it (older exports pack to full length).
+    preprocess = getattr(loaded.preprocessor, "bucketed", loaded.preprocessor)
+    features = preprocess(texts)
     calls = {
         "full": lambda: full(text=texts),
-        "preprocess": lambda: loaded.preprocessor(texts),
+        "preprocess": lambda: preprocess(texts),
         "classifier": lambda: classify(features),
     }
     timings: dict[str, list[float]] = {name: [] for name in calls}
@@ -207,6 +216,79 @@ def measure_preprocess_share(version_dir: pathlib.Path, text: str, runs: int) ->
     full_ms, pre_ms, cls_ms = (_median_ms(timings[k]) for k in ("full", "preprocess", "classifier"))
     return PreprocessShare(runs=runs, text_chars=len(text), full_ms=full_ms, preprocess_ms=pre_ms,
                            classifier_ms=cls_ms, preprocess_share=pre_ms / full_ms if full_ms else 0.0)
+
+
+SHORT_TEXT = "Shares in BP rose 3%."  # the issue's headline: 8 word pieces
+MEDIUM_WORDS = 60  # the long article's first 60 words: 64 < word pieces + 2 <= 128 on BBC-like text
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class LengthRow:
+    """Median ms of one ``serving_default`` call per precision for one text (or one batch of ``texts``)."""
+
+    name: str
+    texts: int
+    word_pieces: int  # of the longest text, without [CLS]/[SEP]
+    packed_length: int  # what the serving graph packed it to (from the export's preprocessor.bucketed)
+    ms: dict  # precision -> median ms per call
+
+
+def cpu_description() -> str:
+    """CPU model name and its bf16-relevant flags, from /proc/cpuinfo (what oneDNN can use)."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU (no /proc/cpuinfo)"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")),
+                 set())
+    cores = sum(1 for line in info.splitlines() if line.startswith("processor"))
+    wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    have = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
+    return f"{name}, {cores} logical CPUs ({have})"
+
+
+def length_texts(texts_dir: str) -> dict[str, list[str]]:
+    """short (one headline), medium, long (one full-length article) and a batch of 16 long articles."""
+    long = longest_text(texts_dir)
+    medium = " ".join(long.split()[:MEDIUM_WORDS])
+    return {"short": [SHORT_TEXT], "medium": [medium], "long": [long], f"long x{BATCH}": [long] * BATCH}
+
+
+def measure_lengths(version_dirs: dict[str, pathlib.Path], texts: dict[str, list[str]],
+                    runs: int) -> list[LengthRow]:
+    """Times ``serving_default`` for every (precision, text) pair, interleaved round-robin in one process."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
+
+    loaded = {name: tf.saved_model.load(str(path)) for name, path in version_dirs.items()}
+    first = next(iter(loaded.values()))
+    calls = {}
+    for precision, model in loaded.items():
+        serve = model.signatures["serving_default"]
+        for kind, batch in texts.items():
+            tensor = tf.constant(batch)
+            calls[(precision, kind)] = (lambda f, t: lambda: f(text=t))(serve, tensor)
+    timings: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for _ in range(3):
+        for call in calls.values():
+            _block(call())
+    for _ in range(runs):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            _block(call())
+            timings[key].append(time.perf_counter() - start)
+    rows = []
+    for kind, batch in texts.items():
+        tensor = tf.constant(batch)
+        pieces = int(tf.reduce_max(tf.reduce_sum(first.preprocessor(tensor)["input_mask"], axis=1))) - 2
+        bucketed = getattr(first.preprocessor, "bucketed", first.preprocessor)
+        rows.append(LengthRow(name=kind, texts=len(batch), word_pieces=pieces,
+                              packed_length=int(bucketed(tensor)["input_mask"].shape[1]),
+                              ms={p: _median_ms(timings[(p, kind)]) for p in loaded}))
+    return rows
 
 
 def _block(result) -> None:
@@ -242,6 +324,32 @@ def print_report(load: list[LoadResult], share: PreprocessShare | None, seconds:
         print(f"  preprocessing share  : {share.preprocess_share:8.1%} of the full call")
 
 
+def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs: int) -> None:
+    precisions = list(versions)
+    print(f"\nserving_default in-process, median of {runs} interleaved calls per cell; CPU: {cpu_description()}")
+    for p, path in versions.items():
+        print(f"  {p}: {path}")
+    header = "| text | word pieces | packed to | " + " | ".join(f"{p} ms" for p in precisions)
+    if "bf16" in versions:
+        header += " | bf16 speed-up"
+    print(header + " |")
+    print("|---" * (header.count("|")) + "|")
+    for r in rows:
+        cells = [f"{r.ms[p]:.1f}" for p in precisions]
+        line = f"| {r.name} | {r.word_pieces} | {r.packed_length} | " + " | ".join(cells)
+        if "bf16" in versions:
+            line += f" | {r.ms['fp32'] / r.ms['bf16']:.2f}x"
+        print(line + " |")
+    by_name = {r.name: r for r in rows}
+    batch = next(r for r in rows if r.texts > 1)
+    print("| " + f"{batch.name}, texts/s" + " | | | " + " | ".join(
+        f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + (" | |" if "bf16" in versions else " |"))
+    for p in precisions:
+        ratio = by_name["long"].ms[p] / by_name["short"].ms[p]
+        print(f"{p}: a short text costs 1/{ratio:.1f} of a full-length one "
+              f"({by_name['short'].ms[p]:.1f} vs {by_name['long'].ms[p]:.1f} ms)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_base_path", type=pathlib.Path, nargs="?", default=None,
@@ -255,7 +363,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texts-dir", default="", help="Request texts (*.txt, recursive); default loadtest/texts.")
     p.add_argument("--out", type=pathlib.Path, default=None, help="Also write the results as JSON here.")
     p.add_argument("--skip-load", action="store_true", help="Only measure the preprocessing share.")
-    p.add_argument("--skip-share", action="store_true", help="Only run the load levels.")
+    p.add_argument("--skip-share", action="store_true", help="Skip the preprocessing share.")
+    p.add_argument("--skip-lengths", action="store_true", help="Skip the length x precision table.")
+    p.add_argument("--bf16-model-base-path", type=pathlib.Path, default=None,
+                   help="Versions of the same run exported with --export-precision bf16: adds a bf16 column "
+                        "to the length table (default: fp32 only).")
     args = p.parse_args(argv)
     if args.model_base_path and args.model_base_path_flag and args.model_base_path != args.model_base_path_flag:
         p.error("model_base_path given twice with different values")
@@ -283,11 +395,22 @@ def main(argv: list[str] | None = None) -> int:
                             pathlib.Path(tmp))
     if not args.skip_share:
         share = measure_preprocess_share(version_dir, longest_text(args.texts_dir), args.runs)
+    lengths: list[LengthRow] = []
+    versions = {"fp32": version_dir}
+    if args.bf16_model_base_path:
+        versions["bf16"] = latest_version(args.bf16_model_base_path)
+    if not args.skip_lengths:
+        lengths = measure_lengths(versions, length_texts(args.texts_dir), args.runs)
     print_report(load, share, args.seconds)
+    if lengths:
+        print_lengths(lengths, versions, args.runs)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"model": str(version_dir), "load": [asdict(r) for r in load],
-                                        "preprocess_share": asdict(share) if share else None}, indent=2))
+        args.out.write_text(json.dumps({"model": str(version_dir), "cpu": cpu_description(),
+                                        "load": [asdict(r) for r in load],
+                                        "preprocess_share": asdict(share) if share else None,
+                                        "lengths": [asdict(r) for r in lengths],
+                                        "versions": {k: str(v) for k, v in versions.items()}}, indent=2))
     return 1 if any(r.failures for r in load) else 0
 
 

@@ -1,15 +1,19 @@
 """Command line of the dev server, with tensorflow_model_server's flag names where they apply.
 
 Flags accept both `--flag=value` and `--flag value`; booleans accept `--flag`, `--flag=true|false|1|0`.
+Like the real server (server.cc BuildAndStart), the initial models are loaded BEFORE the REST port accepts
+connections: the port is bound at once (so a taken port fails fast) but refuses connections until every
+configured model has a version AVAILABLE. If one ends without ever becoming available the server exits 255
+with "Failed to start server. Error: UNKNOWN: N model(s) did not become available: ...".
+
 Differences from the real server (by design, for a safe local dev loop):
   * binds 127.0.0.1 by default (`--rest_api_host`); the real server binds 0.0.0.0.
-  * the REST port opens BEFORE the model is loaded; until then predict answers 404
-    "Servable not found for request: Latest(NAME)" and status 404 "Could not find any versions of model NAME"
-    (the real server keeps the port closed until the first version is AVAILABLE).
   * `--load_retry_interval_micros` defaults to 1 s (real: 60 s); `--file_system_poll_wait_seconds` accepts
     fractions (real: integer seconds).
-  * only REST; `--port` (gRPC) and batching flags are accepted and ignored with a warning.
-  * `--max_request_bytes` is dev-only (413 JSON error); the real server has its own HTTP limits.
+  * only REST; `--port` (gRPC) is accepted and ignored with a warning.
+  * batching checks request sizes and splits like the real server but does not merge concurrent requests
+    (serving/batching.py).
+  * `--max_request_bytes` and `--idle_connection_timeout_seconds` are dev-only (413 / connection closed).
 """
 
 from __future__ import annotations
@@ -76,12 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Microseconds between load retries (real server default: 60000000).")
     p.add_argument("--max_request_bytes", type=int, default=32 * 1024 * 1024,
                    help="Dev-only request body limit; larger bodies get 413 with a JSON error.")
+    p.add_argument("--idle_connection_timeout_seconds", type=float, default=50.0,
+                   help="Dev-only: close a connection that sends nothing for this long (libevent's HTTP read "
+                   "timeout is 50 s); a request body that stalls this long gets 408.")
     p.add_argument("--monitoring_config_file", default="",
                    help="MonitoringConfig text proto; prometheus_config {enable: true, path: \"...\"} serves "
                    "request_count and request_latency at that path (default /monitoring/prometheus/metrics).")
     p.add_argument("--port", type=int, default=None, help="gRPC port of the real server: accepted, ignored.")
-    _add_bool(p, "--enable_batching", False, "Accepted for command-line compatibility; ignored")
-    p.add_argument("--batching_parameters_file", default="", help="Accepted for compatibility; ignored.")
+    _add_bool(p, "--enable_batching", False,
+              "Server-side batching: requests with more rows than max_batch_size get 400 \"Task size N is "
+              "larger than maximum input batch size M\"; with enable_large_batch_splitting they run in pieces")
+    p.add_argument("--batching_parameters_file", default="",
+                   help="BatchingParameters text proto (max_batch_size, num_batch_threads, allowed_batch_sizes, "
+                   "enable_large_batch_splitting, max_execution_batch_size, ...). Needs --enable_batching.")
     p.add_argument("--log_level", default="INFO", help="Python logging level.")
     return p
 
@@ -107,22 +118,44 @@ def _configs(args):
     return [ModelConfig(name=args.model_name, base_path=os.path.abspath(args.model_base_path))]
 
 
+def _batch_policy(args):
+    from serving.batching import BatchPolicy, load_batching_parameters
+
+    if args.batching_parameters_file and not args.enable_batching:
+        raise ValueError("server_options.batching_parameters_file is set without setting "
+                         "server_options.enable_batching to true.")
+    if not args.enable_batching:
+        return BatchPolicy()
+    if not args.batching_parameters_file:
+        return BatchPolicy(input_limit=1000, piece_rows=1000, num_threads=os.cpu_count() or 1)
+    return load_batching_parameters(args.batching_parameters_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from serving.batching import Batcher
+    from serving.http_server import bind_socket, make_uvicorn_server
     from serving.manager import LoadOptions, ModelManager
-    from serving.rest import RestOptions, make_server
+    from serving.metrics import Metrics
+    from serving.rest import Api, RestOptions
 
     try:
         configs = _configs(args)
         prometheus_path = parse_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
+        policy = _batch_policy(args)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.port is not None or args.enable_batching or args.batching_parameters_file:
-        log.warning("--port/--enable_batching/--batching_parameters_file are ignored by the dev server (REST only)")
+    if args.port is not None:
+        log.warning("--port (gRPC) is ignored by the dev server (REST only)")
+    try:
+        sock = bind_socket(args.rest_api_host, args.rest_api_port, listen=False)
+    except OSError as err:
+        print(f"error: cannot bind {args.rest_api_host}:{args.rest_api_port}: {err}", file=sys.stderr)
+        return 2
     manager = ModelManager(
         configs,
         LoadOptions(
@@ -133,35 +166,37 @@ def main(argv: list[str] | None = None) -> int:
         ),
         poll_wait_seconds=args.file_system_poll_wait_seconds,
     )
-    options = RestOptions(
-        host=args.rest_api_host, port=args.rest_api_port, timeout_ms=args.rest_api_timeout_in_ms,
-        max_request_bytes=args.max_request_bytes, enable_cors=args.rest_api_enable_cors_support,
-        prometheus_path=prometheus_path, num_threads=max(1, args.rest_api_num_threads),
-    )
-    try:
-        server = make_server(manager, options)
-    except OSError as err:
-        print(f"error: cannot bind {args.rest_api_host}:{args.rest_api_port}: {err}", file=sys.stderr)
-        return 2
-    manager.start()
     stop = threading.Event()
-    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
-        threading.Thread(target=_reload_config, args=(manager, args, stop), daemon=True).start()
-
-    def _shutdown(signum, _frame):
-        log.info("Received signal %d, shutting down", signum)
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _shutdown)
-    signal.signal(signal.SIGINT, _shutdown)
-    log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, server.server_address[1])
+    previous = {s: signal.signal(s, lambda signum, _frame: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.serve_forever(poll_interval=0.2)
+        manager.start()
+        failure = manager.wait_until_models_available(stop)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if failure:
+            print(f"Failed to start server. Error: UNKNOWN: {failure}", file=sys.stderr)
+            return 255
+        if failure == "":
+            log.info("Stopped before the initial models were available")
+            return 0
+        if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=_reload_config, args=(manager, args, stop), daemon=True).start()
+        options = RestOptions(
+            host=args.rest_api_host, port=args.rest_api_port, timeout_ms=args.rest_api_timeout_in_ms,
+            max_request_bytes=args.max_request_bytes, enable_cors=args.rest_api_enable_cors_support,
+            prometheus_path=prometheus_path, num_threads=max(1, args.rest_api_num_threads),
+            idle_timeout_s=max(0.1, args.idle_connection_timeout_seconds),
+        )
+        api = Api(manager, Metrics() if prometheus_path else None, Batcher(policy))
+        server = make_uvicorn_server(api, options)
+        sock.listen(1024)
+        log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, sock.getsockname()[1])
+        server.run(sockets=[sock])  # uvicorn handles SIGINT/SIGTERM: graceful stop
+        return 0
     finally:
+        stop.set()
         manager.stop()
-        server.server_close()
-    return 0
+        sock.close()
 
 
 def _reload_config(manager, args, stop: threading.Event) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,9 +78,21 @@ def error_body(message: str) -> bytes:
     return _encode(json.dumps({"error": message}, ensure_ascii=False))
 
 
+def _raw_bytes_or_surrogates(err: UnicodeEncodeError):
+    """Codec error handler: U+DC80..U+DCFF are raw request bytes (surrogateescape), other lone surrogates are
+    JSON escapes like "\\udc00", which rapidjson 1.1.0 keeps and writes as 3-byte UTF-8 (surrogatepass)."""
+    out = bytearray()
+    for ch in err.object[err.start:err.end]:
+        code = ord(ch)
+        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else ch.encode("utf-8", "surrogatepass")
+    return bytes(out), err.end
+
+
+codecs.register_error("bertbc_rapidjson", _raw_bytes_or_surrogates)
+
+
 def _encode(text: str) -> bytes:
-    # surrogateescape restores raw non-UTF-8 bytes that came in through the request, like rapidjson does.
-    return text.encode("utf-8", "surrogateescape")
+    return text.encode("utf-8", "bertbc_rapidjson")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,10 +104,66 @@ _PY_TO_RAPIDJSON = (
     ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
     ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
     ("Unterminated string", "Missing a closing quotation mark in string."),
-    ("Invalid control character", "Invalid encoding in string."),
     ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
-    ("Invalid \\escape", "Invalid escape in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
 )
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+# A JSON token scanner used only to locate errors the stdlib decoder does not report with an offset.
+_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"?|-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?|[^"0-9-]+|.', re.DOTALL)
+_ESCAPE_RE = re.compile(r"\\(?:u([0-9a-fA-F]{4})(?:\\u([0-9a-fA-F]{4}))?|.)", re.DOTALL)
+
+
+class _NumberTooBig(Exception):
+    pass
+
+
+def _parse_int(text: str):
+    """rapidjson keeps integers in [-2^63, 2^64) exact and stores bigger ones as doubles (no digit limit)."""
+    if len(text) <= 21:
+        value = int(text)
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return value
+    return _parse_float(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)  # float() has no digit limit, unlike int()
+    if math.isinf(value):
+        raise _NumberTooBig(text)
+    return value
+
+
+def _surrogate_error(text: str) -> int | None:
+    """Offset (in characters) of the first high-surrogate escape not followed by a low one, else None.
+
+    rapidjson 1.1.0 (reader.h ParseStringToStream) rejects "\\ud800" alone or followed by anything but
+    \\udc00-\\udfff with kParseErrorStringUnicodeSurrogateInvalid at the first backslash; a lone low
+    surrogate passes. Python's json accepts both, so strings are scanned here.
+    """
+    if "\\u" not in text:
+        return None
+    for token in _TOKEN_RE.finditer(text):
+        piece = token.group()
+        if not piece.startswith('"') or "\\u" not in piece:
+            continue
+        for escape in _ESCAPE_RE.finditer(piece):
+            high, low = escape.group(1), escape.group(2)
+            if high and 0xD800 <= int(high, 16) <= 0xDBFF and not (low and 0xDC00 <= int(low, 16) <= 0xDFFF):
+                return token.start() + escape.start()
+    return None
+
+
+def _first_huge_number(text: str) -> int:
+    """Offset of the first number token that does not fit a double (kParseErrorNumberTooBig)."""
+    for token in _TOKEN_RE.finditer(text):
+        piece = token.group()
+        if piece[:1] in "-0123456789" and piece not in ("-",):
+            try:
+                if math.isinf(float(piece.rstrip(".eE+-"))):
+                    return token.start()
+            except ValueError:
+                continue
+    return 0
 
 
 def _innermost_container(text: str, pos: int) -> str:
@@ -123,17 +193,23 @@ def _first_key_wins(pairs):
     return out
 
 
+def _offset(text: str, pos: int) -> int:
+    return len(_encode(text[:pos]))
+
+
 def parse_json(body: bytes) -> dict:
-    """Parses a request body like TF Serving's ParseJson.
+    """Parses a request body like TF Serving's ParseJson (rapidjson 1.1.0, iterative, NaN/Inf, stop when done).
 
     Args:
-      body: raw request bytes; invalid UTF-8 inside strings is kept (as surrogate escapes) like rapidjson.
+      body: raw request bytes; invalid UTF-8 inside strings is kept (as surrogate escapes) like rapidjson,
+        which transcodes UTF-8 to UTF-8 without validation.
 
     Returns:
       The top-level JSON object as a dict.
 
     Raises:
-      ServingError: INVALID_ARGUMENT with "JSON Parse error: ..." or "... Is not object".
+      ServingError: INVALID_ARGUMENT with "JSON Parse error: <rapidjson message> at offset: N" or
+        "... Is not object". Never anything else, whatever the bytes.
     """
     if not body:
         raise invalid("JSON Parse error: The document is empty")
@@ -141,29 +217,64 @@ def parse_json(body: bytes) -> dict:
     start = len(text) - len(text.lstrip(" \t\r\n"))
     if start == len(text):
         raise invalid(f"JSON Parse error: The document is empty. at offset: {len(body)}")
-    decoder = json.JSONDecoder(object_pairs_hook=_first_key_wins)
+    decoder = json.JSONDecoder(object_pairs_hook=_first_key_wins, parse_int=_parse_int, parse_float=_parse_float)
+    surrogate_at = _surrogate_error(text)
     try:
         doc, _ = decoder.raw_decode(text, start)  # trailing bytes ignored (kParseStopWhenDoneFlag)
     except RecursionError:
-        raise invalid("JSON Parse error: document nested too deeply for the dev server") from None
-    except json.JSONDecodeError as err:
-        message = "Invalid value."
-        if err.msg.startswith("Expecting ',' delimiter"):
-            message = (
-                "Missing a comma or '}' after an object member."
-                if _innermost_container(text, err.pos) == "{"
-                else "Missing a comma or ']' after an array element."
-            )
+        # rapidjson parses iteratively (any depth); Python's decoder recurses. Such documents can only fail
+        # later anyway (a tensor of rank > 254 is not a valid TensorShape).
+        raise invalid("JSON Parse error: document nested too deeply for the dev server's JSON parser") from None
+    except _NumberTooBig:
+        at = _first_huge_number(text)
+        if surrogate_at is not None and surrogate_at < at:
+            at, message = surrogate_at, "The surrogate pair in string is invalid."
         else:
-            for prefix, rapid in _PY_TO_RAPIDJSON:
-                if err.msg.startswith(prefix):
-                    message = rapid
-                    break
-        offset = len(_encode(text[: err.pos]))
-        raise invalid(f"JSON Parse error: {message} at offset: {offset}") from None
+            message = "Number too big to be stored in double."
+        raise invalid(f"JSON Parse error: {message} at offset: {_offset(text, at)}") from None
+    except json.JSONDecodeError as err:
+        if surrogate_at is not None and surrogate_at < err.pos:
+            raise invalid(
+                f"JSON Parse error: The surrogate pair in string is invalid. at offset: {_offset(text, surrogate_at)}"
+            ) from None
+        raise _decode_error(text, err) from None
+    if surrogate_at is not None:
+        raise invalid(
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {_offset(text, surrogate_at)}"
+        )
     if not isinstance(doc, dict):
         raise format_error(doc, "Is not object")
     return doc
+
+
+def _decode_error(text: str, err: json.JSONDecodeError) -> ServingError:
+    """Words a stdlib JSONDecodeError like rapidjson's GetParseError_En, with rapidjson's byte offset."""
+    pos, message = err.pos, "Invalid value."
+    if err.msg.startswith("Expecting ',' delimiter"):
+        here = text[pos] if pos < len(text) else ""
+        if here == "." and pos and text[pos - 1].isdigit():
+            message, pos = "Miss fraction part in number.", pos + 1
+        elif here in ("e", "E") and pos and text[pos - 1].isdigit():
+            pos += 2 if text[pos + 1 : pos + 2] in ("+", "-") else 1
+            message = "Miss exponent in number."
+        elif _innermost_container(text, pos) == "{":
+            message = "Missing a comma or '}' after an object member."
+        else:
+            message = "Missing a comma or ']' after an array element."
+    elif err.msg.startswith("Invalid control character"):
+        # rapidjson: a raw NUL ends the stream inside the string; other control characters are bad escapes.
+        message = "Missing a closing quotation mark in string." if text[pos] == "\0" else (
+            "Invalid escape character in string.")
+    elif err.msg.startswith("Unterminated string"):
+        message, pos = "Missing a closing quotation mark in string.", len(text)
+    elif err.msg.startswith("Invalid \\uXXXX escape"):
+        message, pos = "Incorrect hex digit after \\u escape in string.", max(0, pos - 1)
+    else:
+        for prefix, rapid in _PY_TO_RAPIDJSON:
+            if err.msg.startswith(prefix):
+                message = rapid
+                break
+    return invalid(f"JSON Parse error: {message} at offset: {_offset(text, pos)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,10 +482,22 @@ class _Batch:
     item_size: int | None = None
 
 
+_MAX_RANK = 254  # TensorShape::MaxDimensions(); a deeper tensor fails Tensor::FromProto in the real server
+_NUMPY_MAX_RANK = 32  # numpy 1.x limit (2.x allows 64); no signature input of a served model is that deep
+
+
+def _check_rank(name: str, rank: int) -> None:
+    if rank > _MAX_RANK:
+        raise invalid(f"tensor parsing error: {name}")
+    if rank > _NUMPY_MAX_RANK:
+        raise invalid(f"Input {name} has rank {rank}; the dev server handles at most {_NUMPY_MAX_RANK} dimensions")
+
+
 def _add_instance_item(item, name: str, inputs: dict[str, str], batches: dict[str, _Batch]) -> None:
     if name not in inputs:
         raise invalid(f"JSON object: does not have named input: {name}")
     shape = _dense_shape(item)
+    _check_rank(name, len(shape) + 1)
     values: list = []
     _fill(item, 0, inputs[name], shape, values)
     batch = batches.setdefault(name, _Batch(values=[]))
@@ -432,8 +555,9 @@ def _instances_to_arrays(instances: list, inputs: dict[str, str]) -> dict[str, n
     }
 
 
-def _column_to_array(value, dtype: str) -> np.ndarray:
+def _column_to_array(value, dtype: str, name: str) -> np.ndarray:
     shape = _dense_shape(value)
+    _check_rank(name, len(shape))
     values: list = []
     _fill(value, 0, dtype, shape, values)
     return _to_array(values, shape, dtype)
@@ -447,12 +571,12 @@ def _inputs_to_arrays(value, inputs: dict[str, str]) -> dict[str, np.ndarray]:
                 "inputs is a plain value/list, but expecting an object as multiple input tensors required "
                 "as per tensorinfo_map"
             )
-        return {names[0]: _column_to_array(value, inputs[names[0]])}
+        return {names[0]: _column_to_array(value, inputs[names[0]], names[0])}
     arrays = {}
     for name in names:
         if name not in value:
             raise invalid(f"Missing named input: {name} in 'inputs' object.")
-        arrays[name] = _column_to_array(value[name], inputs[name])
+        arrays[name] = _column_to_array(value[name], inputs[name], name)
     return arrays
 
 

@@ -436,6 +436,35 @@ class ModelManager:
         self._set_state(name, version, "END")
         log.info("Unloaded servable version {name: %s version: %d}", name, version)
 
+    def wait_until_models_available(self, stop: threading.Event, interval_s: float = 0.05) -> str | None:
+        """Blocks until every configured model has a version AVAILABLE (None) or one that ended without any
+        becoming available (the error text), like ServerCore::WaitUntilModelsAvailable; "" if `stop` was set.
+
+        A model without version folders keeps the wait going (the real server waits forever too).
+        """
+        while not stop.wait(interval_s):
+            with self._lock:
+                names = list(self._configs)
+                states = {n: {v: VersionState(**vars(s)) for v, s in self._states.get(n, {}).items()} for n in names}
+            failed, waiting = [], False
+            for name in names:
+                versions = states[name]
+                if any(s.state == "AVAILABLE" for s in versions.values()):
+                    continue
+                ended = [(v, s) for v, s in versions.items() if s.state == "END"]
+                if ended:
+                    version, state = max(ended)
+                    failed.append(f"{{name: {name} version: {version}}} due to error: {state.error_code}: "
+                                  f"{state.error_message}")
+                else:
+                    waiting = True
+            if not waiting:
+                if not failed:
+                    return None
+                return f"{len(failed)} model(s) did not become available: {{" + "".join(
+                    "{" + f + "}, " for f in failed) + "}"
+        return ""
+
     # -- lookups -----------------------------------------------------------------------------------------------
 
     def resolve_label(self, name: str, label: str) -> int:

@@ -2,8 +2,7 @@
 
 The runs target a small stand-in HTTP server on 127.0.0.1 that speaks the TF Serving predict API in row
 format; it can also answer wrong labels, which the load test must report as failures and a non-zero exit.
-When the dev server (`serving/`, `tests/serving_fixtures.py`) is importable, one more passing run goes
-against it.
+One more passing run goes against the real dev server (`python -m serving`).
 """
 
 from __future__ import annotations
@@ -230,12 +229,9 @@ def test_builtin_texts_split_short_and_long(lf):
     assert max(map(len, pool.short)) <= min(map(len, pool.long))
 
 
-@pytest.mark.skipif(not (ROOT / "tests" / "serving_fixtures.py").exists() or not (ROOT / "serving" / "__main__.py").exists(),
-                    reason="dev server (serving/, tests/serving_fixtures.py) not available")
 def test_passing_run_against_dev_server(tmp_path):
     """The real dev server (python -m serving) with the keyword SavedModel from tests/serving_fixtures.py."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    serving_fixtures = pytest.importorskip("serving_fixtures")
+    from tests import serving_fixtures
     base = tmp_path / "models" / "bertbc"
     serving_fixtures.build_keyword_model(str(base / "1"))
     args = ["--model_name=bertbc", f"--model_base_path={base}"]

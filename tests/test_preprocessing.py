@@ -10,7 +10,14 @@ import pytest
 import tensorflow as tf
 
 from trainer.encoders import resolve_encoder
-from trainer.preprocessing import Preprocessor, repair_utf8, token_lengths, truncate
+from trainer.preprocessing import (
+    Preprocessor,
+    bucket_lengths,
+    repair_utf8,
+    token_lengths,
+    trim_to_bucket,
+    truncate,
+)
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "fixtures" / "minilm_golden.json").read_text("utf-8"))
 CLS, SEP = 101, 102
@@ -124,3 +131,33 @@ def test_preprocessor_rejects_bad_arguments(spec):
         Preprocessor(spec.preprocess_handle, truncation="middle")
     with pytest.raises(ValueError, match="seq_length=2"):
         Preprocessor(spec.preprocess_handle, seq_length=2)
+
+
+@pytest.mark.parametrize("seq_length, smallest, expected", [
+    (256, 32, (32, 64, 128, 256)),
+    (512, 32, (32, 64, 128, 256, 512)),
+    (128, 32, (32, 64, 128)),
+    (48, 32, (32, 48)),
+    (32, 32, (32,)),
+    (16, 32, (16,)),
+    (100, 8, (8, 16, 32, 64, 100)),
+])
+def test_bucket_lengths(seq_length, smallest, expected):
+    assert bucket_lengths(seq_length, smallest) == expected
+
+
+def test_bucket_lengths_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="seq_length=0"):
+        bucket_lengths(0)
+
+
+@pytest.mark.parametrize("real_lengths, expected", [
+    ([3], 4), ([4], 4), ([5], 8), ([2, 7], 8), ([9, 1], 12), ([12], 12), ([], 4),
+])
+def test_trim_to_bucket_keeps_the_longest_row(real_lengths, expected):
+    width = 12
+    mask = np.array([[1] * n + [0] * (width - n) for n in real_lengths], np.int32).reshape(-1, width)
+    features = {"input_word_ids": mask * 7, "input_mask": mask, "input_type_ids": np.zeros_like(mask)}
+    out = trim_to_bucket({k: tf.constant(v) for k, v in features.items()}, (4, 8, 12))
+    for key, value in features.items():
+        np.testing.assert_array_equal(out[key].numpy(), value[:, :expected])

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import numpy as np
@@ -158,24 +159,37 @@ def test_prometheus_metrics(url):
 
 @dev_only
 def test_request_timeout_gives_504(url):
-    """In-process server (same code as the subprocess) with a 1 ms --rest_api_timeout_in_ms."""
-    import threading
-
+    """In-process server (same code as the subprocess): a timed-out request gets 504 AND stops running."""
+    from serving.batching import Batcher, BatchPolicy
+    from serving.http_server import ServerThread
     from serving.manager import ModelConfig, ModelManager
-    from serving.rest import RestOptions, make_server
+    from serving.rest import Api, RestOptions
 
     manager = ModelManager([ModelConfig(MODEL, _BASE_PATHS[url])], poll_wait_seconds=0)
     manager.poll_once()
-    server = make_server(manager, RestOptions(port=0, timeout_ms=1))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    calls = []
+    api = Api(manager, batcher=Batcher(BatchPolicy(piece_rows=10)))
+    servable = manager.get_servable(MODEL)
+    original = servable.predict
+
+    def slow_predict(signature, arrays):
+        calls.append(len(arrays["text"]))
+        time.sleep(0.05)
+        return original(signature, arrays)
+
+    servable.predict = slow_predict
+    server = ServerThread(api, RestOptions(port=0, timeout_ms=120))
     try:
-        local = f"http://127.0.0.1:{server.server_address[1]}"
-        r = requests.post(local + PREDICT, json={"instances": ["football match"] * 1000}, timeout=30)
+        r = requests.post(server.url + PREDICT, json={"instances": ["football match"] * 1000}, timeout=30)
         assert r.status_code == 504 and r.json() == {"error": "Deadline Exceeded"}
+        time.sleep(0.3)
+        stopped_at = len(calls)
+        time.sleep(0.3)
+        # The request was cut into 100 pieces of 10; it stopped after a few instead of running all 100.
+        assert len(calls) == stopped_at and 1 <= stopped_at < 10, calls
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+        servable.predict = original
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 """Static checks of the Docker stack: compose files, Dockerfiles, .dockerignore and TF Serving configs.
 
 No Docker engine is needed: the compose files are validated against the Compose Specification schema
-(../shared/schemas/compose-spec.json) and checked for the invariants the stack relies on; Dockerfiles
+(tests/fixtures/compose-spec.json, vendored: see its NOTICE) and checked for the invariants the stack relies
+on, including what Docker Engine 20.10 refuses; Dockerfiles
 are linted with hadolint; the serving configs are parsed as the text protos the model server reads; the
 serving healthcheck command is run for real against a loopback stand-in of the model status endpoint.
+The same stack, run for real on a Docker engine, is tests/test_compose_e2e.py.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import jsonschema
 import pytest
-import tomllib
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the dev extra pins tomli there
+    import tomli as tomllib
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = ROOT / "tests" / "fixtures" / "compose-spec.json"
 BASE = ROOT / "docker-compose.yml"
 CPU_OVERRIDE = ROOT / "compose.cpu.yml"
 HADOLINT = ROOT / ".venv" / "bin" / "hadolint"
@@ -107,8 +114,13 @@ def cpu() -> dict:
 @pytest.fixture(scope="module")
 def pins() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["dev"]
-    return dict(d.split("==", 1) for d in deps if "==" in d)
+    deps = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    pins: dict[str, str] = {}
+    for dep in deps:
+        if "==" in dep:
+            name, version = dep.split(";")[0].split("==", 1)
+            assert pins.setdefault(name.strip(), version.strip()) == version.strip(), f"{name} pinned twice, differently"
+    return pins
 
 
 def volume_mounts(service: dict) -> list[dict]:
@@ -135,9 +147,6 @@ def mount_at(service: dict, target: str) -> dict:
 
 @pytest.mark.parametrize("path", [BASE, CPU_OVERRIDE], ids=lambda p: p.name)
 def test_compose_files_match_the_compose_spec_schema(path):
-    if not SCHEMA.exists():
-        pytest.skip(f"{SCHEMA} not present")
-    jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(SCHEMA.read_text())
     document = without_resets(load(path))
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(document), key=str)
@@ -146,10 +155,105 @@ def test_compose_files_match_the_compose_spec_schema(path):
 
 
 def test_merged_cpu_stack_matches_schema(cpu):
-    if not SCHEMA.exists():
-        pytest.skip(f"{SCHEMA} not present")
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(cpu, json.loads(SCHEMA.read_text()), cls=jsonschema.Draft7Validator)
+
+
+def test_schema_really_rejects_a_wrong_compose_file():
+    """The vendored schema is the real one: an unknown service key and a wrong type are errors."""
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    assert list(validator.iter_errors({"services": {"a": {"image": "x", "no_such_key": 1}}}))
+    assert list(validator.iter_errors({"services": {"a": {"image": "x", "ports": "8501"}}}))
+    assert not list(validator.iter_errors({"services": {"a": {"image": "x"}}}))
+
+
+# ---------------------------------------------------------------- portability (Docker Engine 20.10)
+
+
+def _keys(node, prefix=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*prefix, key)
+            yield from _keys(value, (*prefix, key))
+    elif isinstance(node, list):
+        for value in node:
+            yield from _keys(value, prefix)
+
+
+@pytest.mark.parametrize("path", [BASE, CPU_OVERRIDE], ids=lambda p: p.name)
+def test_no_setting_that_engine_20_10_refuses(path):
+    """`healthcheck.start_interval` needs Engine >= 25; Debian 12 ships 20.10 (`up` fails there)."""
+    assert not [k for k in _keys(load(path)) if k[-1] == "start_interval"]
+
+
+def test_serving_readiness_still_waits_for_available_and_polls_fast(base):
+    """Without start_interval, a short interval keeps `up --wait` quick; the test still greps AVAILABLE."""
+    health = base["services"]["serving"]["healthcheck"]
+    assert "grep -q AVAILABLE" in health["test"][3]
+    seconds = {"s": 1, "m": 60}
+    assert int(health["interval"][:-1]) * seconds[health["interval"][-1]] <= 5
+    assert int(health["start_period"][:-1]) * seconds[health["start_period"][-1]] >= 300
+
+
+# ---------------------------------------------------------------- reports writable whatever the host uid
+
+
+@pytest.mark.parametrize("name", ["loadtest", "loadtest-master"])
+def test_locust_services_check_the_reports_folder_first(base, tmp_path, name):
+    """The entrypoint refuses an unwritable reports folder with the fix named, then execs locust with the args."""
+    service = base["services"][name]
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] == ["bash", "-c"] and entrypoint[3] == "locust"
+    script = entrypoint[2].replace("/mnt/reports", str(tmp_path / "reports"))
+    stub = tmp_path / "bin" / "locust"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\necho "LOCUST $*"\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{stub.parent}:/usr/bin:/bin"}
+    missing = subprocess.run(["bash", "-c", script, "locust", "--headless"], env=env, capture_output=True,
+                             text=True, timeout=10)
+    assert missing.returncode == 2 and "make compose-loadtest" in missing.stderr
+    (tmp_path / "reports").mkdir()
+    ok = subprocess.run(["bash", "-c", script, "locust", "--headless", "-u", "2"], env=env, capture_output=True,
+                        text=True, timeout=10)
+    assert ok.returncode == 0 and ok.stdout.strip() == "LOCUST --headless -u 2"
+    assert not list((tmp_path / "reports").iterdir())
+
+
+def test_reports_folder_and_uid_are_settable_and_make_passes_the_callers_uid(base):
+    volumes = BASE.read_text()
+    assert "${BERTBC_REPORTS_DIR:-./reports}" in volumes
+    assert "${BERTBC_UID:-1000}:${BERTBC_GID:-1000}" in volumes
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile.split("\ncompose-loadtest:", 1)[1].split("\n\n", 1)[0]
+    assert "BERTBC_UID=$$(id -u)" in target and "BERTBC_GID=$$(id -g)" in target
+    assert "--profile loadtest run --rm loadtest" in target and "mkdir -p" in target
+
+
+# ---------------------------------------------------------------- lean images: per-service dependencies
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_trainer_dependencies_are_only_what_the_trainer_imports():
+    """The trainer image installs `dependencies`; every top-level import of trainer/*.py must be covered,
+    and nothing the trainer never imports (Locust, requests, test tools) may be in it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = _names(project["dependencies"])
+    assert not core & {"locust", "requests", "pytest", "flask", "gevent", "ruff", "jsonschema"}
+    module_of = {"tensorflow": "tensorflow", "tensorflow-text": "tensorflow_text", "tf-keras": "tf_keras",
+                 "tensorboard": "tensorboard", "tensorflow-hub": "tensorflow_hub", "safetensors": "safetensors",
+                 "numpy": "numpy", "matplotlib": "matplotlib", "tqdm": "tqdm",
+                 "tensorflow-serving-api": "tensorflow_serving"}
+    sources = "\n".join(p.read_text() for p in (ROOT / "trainer").glob("*.py"))
+    imported = set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", sources, flags=re.M))
+    for name in core:
+        assert module_of[name] in imported, f"{name} is a core dependency but trainer/ never imports it"
+    extras = project["optional-dependencies"]
+    assert {"serve", "loadtest", "tensorboard", "dev"} <= set(extras)
+    assert "locust" in _names(extras["loadtest"]) and "requests" in _names(extras["serve"])
+    assert "bertbc[serve,loadtest,tensorboard]" in extras["dev"]
 
 
 # ---------------------------------------------------------------- versions

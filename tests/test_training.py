@@ -4,9 +4,6 @@ resume after kill -9, export parity, versioning, op set, and the CLI contract.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import tensorflow as tf
 import tf_keras
 from tensorboard.backend.event_processing import event_accumulator
 
-from tests.conftest import REPO_ROOT, toy_config, write_toy_corpus
+from tests.conftest import run_trainer, toy_config, trainer_flags, write_toy_corpus
 from trainer import summaries
 from trainer.checkpoints import Checkpoints, make_state
 from trainer.config import TrainConfig
@@ -131,38 +128,33 @@ def test_best_checkpoint_saved_only_on_improvement(tmp_path):
     model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
     state = make_state(model, tf_keras.optimizers.Adam())
     ckpts = Checkpoints(tmp_path, state)
-    saved = [ckpts.end_epoch(acc) for acc in (0.5, 0.7, 0.6, 0.7, 0.8)]
+    history = []
+    saved = [ckpts.end_epoch(acc, history, lambda improved, acc=acc: {"epoch": len(history) + 1, "val_accuracy": acc,
+                                                                      "improved": improved})
+             for acc in (0.5, 0.7, 0.6, 0.7, 0.8)]
     assert saved == [True, True, False, False, True]
+    assert [h["epoch"] for h in ckpts.read_history()] == [1, 2, 3, 4, 5]
+    # best/ holds weights and counters only: export needs no optimizer slots (about 2x the weights in Adam)
+    best_keys = {k.split("/")[0] for k in tf.train.load_checkpoint(ckpts.best.latest_checkpoint)
+                 .get_variable_to_shape_map()}
+    assert "optimizer" not in best_keys and "model" in best_keys, best_keys
     assert ckpts.best.latest_checkpoint.endswith("ckpt-5")
     assert ckpts.latest.latest_checkpoint.endswith("ckpt-5")
     assert int(state.best_epoch.numpy()) == 5 and float(state.best_val_accuracy.numpy()) == 0.8
-
-
-def _trainer(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
-
-
-def _flags(cfg: TrainConfig) -> list[str]:
-    return ["--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--encoder", cfg.encoder,
-            "--seq-length", str(cfg.seq_length), "--batch-size", str(cfg.batch_size),
-            "--learning-rate", str(cfg.learning_rate), "--truncation", cfg.truncation, "--epochs", str(cfg.epochs),
-            "--logdir", cfg.logdir, "--checkpoint-dir", cfg.checkpoint_dir, "--model-base-path",
-            cfg.model_base_path, "--steps-per-summary", "1"]
 
 
 def test_kill_9_mid_epoch_then_rerun_resumes_at_the_next_epoch(tmp_path, cache_dir, tiny_encoder):
     corpus = write_toy_corpus(tmp_path / "bbc", docs_per_class=16)
     cfg = toy_config(tmp_path, corpus, cache_dir, epochs=3)
     # 48 docs -> 38 train -> 5 steps per epoch: step 7 is in the middle of epoch 2.
-    killed = _trainer(_flags(cfg), env={"BERTBC_TEST_KILL_AT_STEP": "7"})
+    killed = run_trainer(trainer_flags(cfg), env={"BERTBC_TEST_KILL_AT": "step@7"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     run_dir = next(Path(cfg.checkpoint_dir).iterdir())
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1]
     assert not list(Path(cfg.model_base_path).glob("[0-9]*"))
 
-    resumed = _trainer(_flags(cfg))
+    resumed = run_trainer(trainer_flags(cfg))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming run" in resumed.stderr and "after epoch 1" in resumed.stderr
     history = json.loads((run_dir / "history.json").read_text())
@@ -177,7 +169,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes_at_the_next_epoch(tmp_path, cache_d
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cache_dir, tiny_encoder):
     corpus = write_toy_corpus(tmp_path / "bbc", docs_per_class=8)
     cfg = toy_config(tmp_path, corpus, cache_dir, epochs=1)
-    done = _trainer([*_flags(cfg), "--strategy", "mirrored", "--logical-cpus", "2"])
+    done = run_trainer([*trainer_flags(cfg), "--strategy", "mirrored", "--logical-cpus", "2"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 replica(s)" in done.stderr
     assert (Path(cfg.model_base_path) / "1" / "saved_model.pb").exists()
@@ -189,7 +181,7 @@ def test_help_explains_every_flag():
     parser = train_parser()
     undocumented = [a.dest for a in parser._actions if a.dest != "help" and not (a.help or "").strip()]
     assert undocumented == []
-    text = _trainer(["--help"]).stdout
+    text = run_trainer(["--help"]).stdout
     for flag in ("--data-dir", "--encoder", "--epochs", "--batch-size", "--seq-length", "--learning-rate",
                  "--logdir", "--checkpoint-dir", "--model-base-path", "--export-only", "--mixed-precision"):
         assert flag in text
@@ -204,10 +196,32 @@ def test_help_explains_every_flag():
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_flags_fail_fast_naming_the_flag(args, message):
-    done = _trainer(args)
+    done = run_trainer(args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
-    done = _trainer(["--data-dir", str(tmp_path / "nope"), "--cache-dir", str(tmp_path)])
+    done = run_trainer(["--data-dir", str(tmp_path / "nope"), "--cache-dir", str(tmp_path)])
     assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr[-2000:]
+
+
+def test_logged_learning_rate_is_the_rate_of_the_step_taken(trained):
+    """Step s applied the rate of 0-based update index s-1 (with warm-up, the first update's rate is 0)."""
+    from trainer.schedule import make_schedule
+
+    cfg, result = trained
+    meta = json.loads((result.run_checkpoint_dir / "run.json").read_text())
+    schedule = make_schedule(cfg.learning_rate, cfg.warmup_fraction, train_docs=meta["settings"]["schedule"][
+        "steps_per_epoch"] * cfg.batch_size, batch_size=cfg.batch_size, epochs=cfg.epochs)
+    assert meta["settings"]["schedule"]["total_steps"] == schedule.total_steps > 0
+    assert meta["settings"]["schedule"]["warmup_steps"] == schedule.warmup_steps > 0
+    acc = event_accumulator.EventAccumulator(str(Path(cfg.logdir) / result.run_name / "train"),
+                                             size_guidance={"tensors": 0})
+    acc.Reload()
+    logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(summaries.LEARNING_RATE)}
+    assert logged and min(logged) == cfg.steps_per_summary
+    for step, rate in logged.items():
+        assert rate == pytest.approx(schedule.rate_at(step - 1), rel=1e-6, abs=1e-12), step
+    peak_step = schedule.warmup_steps + 1
+    if peak_step in logged:
+        assert logged[peak_step] == pytest.approx(cfg.learning_rate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import sys
@@ -18,7 +19,14 @@ subcommands:
 
 The seed notebook's settings are: --seed-notebook  (= {' '.join(f'--{k.replace("_", "-")} {v}'
                                                                for k, v in SEED_NOTEBOOK.items())})
-Rerunning the same command after a crash resumes the newest unfinished run with the same settings.
+Runs and resume: rerunning the same command after a crash (even kill -9) resumes the newest run if it is
+unfinished, at the epoch after its last committed one. If that run was started with other settings the trainer
+refuses and names them: pass the run's flags, or --new-run. A finished run is never overwritten.
+--export-only re-exports the newest finished run (or --run NAME) with the settings it was trained with.
+
+Multi-worker: when TF_CONFIG names several tasks, every worker runs this same command; worker 0 (or the chief
+task) writes logs, checkpoints and the version, the others only train. --checkpoint-dir must be shared storage.
+Set TF_CPP_MIN_LOG_LEVEL yourself or pass -v to see TensorFlow's C++ start-up messages (hidden by default).
 """
 
 
@@ -82,8 +90,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--logical-cpus", type=int, default=D.logical_cpus,
                    help="split the CPU into N logical devices (tests MirroredStrategy without GPUs; default off)")
     g.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"), default=D.mixed_precision,
-                   help="Keras mixed-precision policy + Grappler rewrite of the encoder; fp16 uses loss scaling; "
-                        "head and loss stay float32 (default %(default)s)")
+                   help="training numerics; head and loss stay float32. bf16 on CPU: Keras mixed_bfloat16 policy "
+                        "+ oneDNN bf16 rewrite of the encoder (AVX512-BF16/AMX CPUs); bf16 on GPU: the policy "
+                        "only; fp16: mixed_float16 policy + loss scaling, plus the float16 rewrite of the encoder "
+                        "on GPUs (default %(default)s)")
     g = p.add_argument_group("outputs")
     g.add_argument("--logdir", default=D.logdir, help="TensorBoard root; one folder per run (default %(default)s)")
     g.add_argument("--checkpoint-dir", default=D.checkpoint_dir,
@@ -92,16 +102,34 @@ def train_parser() -> argparse.ArgumentParser:
                    help="versions are exported to <this>/<N> (default %(default)s)")
     g.add_argument("--model-name", default=D.model_name,
                    help="model name used in warm-up requests (default %(default)s)")
-    g.add_argument("--run-name", default=None,
-                   help="name of the run folder (default: resume the newest unfinished run with the same "
-                        "settings, else <timestamp>-<encoder>)")
+    g.add_argument("--run-name", "--run", dest="run_name", default=None,
+                   help="the run folder: training starts or resumes this run; with --export-only, the run to "
+                        "export (default: resume the newest run if unfinished, else a new <timestamp>-<encoder>; "
+                        "--export-only: the newest finished run)")
+    g.add_argument("--new-run", dest="resume", action="store_false",
+                   help="start a new run even if the newest run is unfinished (it is left as it is)")
     g.add_argument("--steps-per-summary", type=int, default=D.steps_per_summary,
                    help="write step loss and learning rate every N steps (default %(default)s)")
     g.add_argument("--export-only", action="store_true",
-                   help="skip training: re-export the best checkpoint of --run-name (or the newest run) as a "
-                        "new version")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+                   help="skip training: re-export the best checkpoint of --run (default the newest finished run) "
+                        "as a new version, with the settings the run was trained with (flags that contradict "
+                        "them are refused)")
+    g.add_argument("--export-precision", choices=("fp32", "bf16"), default=D.export_precision,
+                   help="numerics of the exported serving graph (default %(default)s)")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and TensorFlow's own C++/Python start-up messages")
     return p
+
+
+def explicit_keys(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The config fields the command line set explicitly (parsed again with every default suppressed)."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(quiet.parse_args(argv)))
+    if "seed_notebook" in given:
+        given |= set(SEED_NOTEBOOK)
+    return frozenset(given)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -146,15 +174,25 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ConfigError as e:
         parser.error(str(e))
+    from trainer import quiet  # noqa: PLC0415
+
+    quiet.import_tensorflow(verbose=args.verbose)
     from trainer import run  # noqa: PLC0415 (imports TensorFlow)
     from trainer.data import DataError  # noqa: PLC0415
+    from trainer.distributed import ClusterError  # noqa: PLC0415
     from trainer.encoders import EncoderError  # noqa: PLC0415
 
     try:
-        result = run.export_only(cfg) if cfg.export_only else run.train_and_export(cfg)
-    except (DataError, EncoderError, run.RunError, FileNotFoundError) as e:
+        if cfg.export_only:
+            result = run.export_only(cfg, explicit_keys(parser, argv))
+        else:
+            result = run.train_and_export(cfg)
+    except (DataError, EncoderError, run.RunError, ClusterError, FileNotFoundError) as e:
         logging.getLogger("bertbc.trainer").error("%s", e)
         return 2
+    if result.version is None:
+        print(f"run {result.run_name}: this worker finished training; the chief exports the version")
+        return 0
     print(f"run {result.run_name}: best val accuracy {result.best_val_accuracy:.4f}; exported version "
           f"{result.version} to {result.export_path}\n  checkpoints: {result.run_checkpoint_dir}\n"
           f"  TensorBoard: tensorboard --logdir {cfg.logdir}")

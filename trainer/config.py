@@ -47,7 +47,8 @@ class TrainConfig:
     run_name: str | None = None
     strategy: str = "auto"  # auto | default | mirrored
     logical_cpus: int = 0  # >1 splits the CPU into logical devices (to exercise MirroredStrategy without GPUs)
-    mixed_precision: str = "off"  # off | bf16 | fp16
+    mixed_precision: str = "off"  # off | bf16 | fp16 (per device: trainer/precision.py)
+    export_precision: str = "fp32"  # fp32 | bf16: the exported serving graph's numerics
     max_train_docs: int | None = None
     max_val_docs: int | None = None
     export_only: bool = False
@@ -72,7 +73,8 @@ class TrainConfig:
         if not 0 < self.validation_split < 1:
             raise ConfigError(f"--validation-split must be in (0, 1), got {self.validation_split}")
         choices = {"pooling": ("cls", "mean"), "truncation": ("head", "head_tail"),
-                   "strategy": ("auto", "default", "mirrored"), "mixed_precision": ("off", "bf16", "fp16")}
+                   "strategy": ("auto", "default", "mirrored"), "mixed_precision": ("off", "bf16", "fp16"),
+                   "export_precision": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -90,6 +92,12 @@ class TrainConfig:
                 "warmup_fraction", "dropout", "seed", "split_seed", "mixed_precision")
         return {k: getattr(self, k) for k in keys}
 
+
+# Settings that define the trained model and its training: a rerun resumes a run only if all are equal, and
+# --export-only takes them from the run, never from today's command line.
+MODEL_KEYS = ("encoder", "encoder_handle", "preprocess_handle", "pooling", "truncation", "epochs", "batch_size",
+              "seq_length", "learning_rate", "warmup_fraction", "dropout", "seed", "split_seed", "validation_split",
+              "mixed_precision", "max_train_docs", "max_val_docs")
 
 # The seed notebook's settings: [CLS] pooled_output, lr 2e-5, 3 epochs, 128 tokens from the head, no warm-up.
 SEED_NOTEBOOK = {"pooling": "cls", "truncation": "head", "epochs": 3, "batch_size": 16, "seq_length": 128,

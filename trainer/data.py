@@ -26,7 +26,9 @@ Texts are kept as raw bytes: the in-graph preprocessing repairs invalid UTF-8 (o
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import io
 import logging
 import math
 import os
@@ -311,11 +313,14 @@ def _seeded_split(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tf_keras.src.utils import dataset_utils
 
-    paths, labels, class_names = dataset_utils.index_directory(
-        str(root), "inferred", formats=(".txt",), shuffle=True, seed=seed
-    )
-    train = dataset_utils.get_training_or_validation_split(paths, labels, validation_split, "training")
-    val = dataset_utils.get_training_or_validation_split(paths, labels, validation_split, "validation")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # "Found N files ..." prints: logged instead
+        paths, labels, class_names = dataset_utils.index_directory(
+            str(root), "inferred", formats=(".txt",), shuffle=True, seed=seed
+        )
+        train = dataset_utils.get_training_or_validation_split(paths, labels, validation_split, "training")
+        val = dataset_utils.get_training_or_validation_split(paths, labels, validation_split, "validation")
+    for line in printed.getvalue().splitlines():
+        logger.debug("tf_keras: %s", line)
     return (
         [str(p) for p in train[0]], [int(x) for x in train[1]],
         [str(p) for p in val[0]], [int(x) for x in val[1]],

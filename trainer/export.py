@@ -7,46 +7,86 @@ folder, so a model server polling the base path never loads half a model.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import tensorflow as tf
 
-from trainer.model import INPUT_NAMES
+from trainer.checkpoints import fsync_dir
+from trainer.model import HEAD_NAME, INPUT_NAMES, with_any_length
 
 log = logging.getLogger("bertbc.trainer")
 
 SIGNATURE = "serving_default"
 INPUT = "text"
+PRECISIONS = ("fp32", "bf16")  # --export-precision
 
 
 class ServingModule(tf.Module):
     """What the model server loads: preprocessing + classifier + class names in one graph.
 
+    ``serve`` packs each request (after TF Serving's batching: each merged batch) only to the bucket length
+    its longest text needs (``Preprocessor.bucketed``: 32, 64, 128, … up to the trained length), so short
+    texts cost less; the signature and the raw-text contract do not change.
+
     Attributes kept on the SavedModel (besides the signature) so benchmarks and tests can call the parts:
-      preprocessor(text [B] string) -> dict of int32 [B, S]
-      classify_features(input_word_ids, input_mask, input_type_ids) -> float32 logits [B, C]
+      preprocessor(text [B] string) -> dict of int32 [B, S] (the trained, full length S)
+      preprocessor.bucketed(text [B] string) -> dict of int32 [B, L] (what ``serve`` feeds the classifier)
+      classify_features(input_word_ids, input_mask, input_type_ids), each int32 [B, any L]
+        -> float32 logits [B, C]
+
+    Args:
+      preprocessor: a ``trainer.preprocessing.Preprocessor``.
+      classifier: the trained model from ``trainer.model.build_classifier``.
+      class_names: label strings, index = class id.
+      precision: "fp32" runs the classifier as trained; "bf16" runs the encoder's matmuls in bfloat16
+        (``trainer.bf16``; only for encoders built by ``trainer.bert_convert``).
     """
 
-    def __init__(self, preprocessor, classifier, class_names: list[str]):
+    def __init__(self, preprocessor, classifier, class_names: list[str], precision: str = "fp32"):
         super().__init__(name="bertbc")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
+        self.precision = precision
         self.preprocessor = preprocessor
-        self.classifier = classifier
+        if precision == "fp32":
+            self.classifier = with_any_length(classifier)
+        else:
+            self._build_bf16(classifier)
         self.class_names = tf.Variable(class_names, dtype=tf.string, trainable=False, name="class_names")
-        seq = getattr(preprocessor, "seq_length", None)
-        spec = tf.TensorSpec([None, seq], tf.int32)
+        spec = tf.TensorSpec([None, None], tf.int32)
         self.classify_features = tf.function(self._classify_features,
                                              input_signature=[spec, spec, spec])
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
 
+    def _build_bf16(self, classifier) -> None:
+        """Keeps only what the bf16 graph uses: a bf16 encoder copy, the float32 pooling and head."""
+        from trainer.bf16 import Bf16BertEncoder, encoder_config  # noqa: PLC0415 (fp32 exports never need it)
+
+        encoder = classifier.get_layer("encoder")
+        self.encoder = Bf16BertEncoder.from_trained(encoder_config(encoder._handle), encoder.variables)
+        names = {layer.name for layer in classifier.layers}
+        self.pooling = classifier.get_layer("mean_pooling") if "mean_pooling" in names else None
+        self.head = classifier.get_layer(HEAD_NAME)
+
     def _classify_features(self, input_word_ids, input_mask, input_type_ids):
         features = dict(zip(INPUT_NAMES, (input_word_ids, input_mask, input_type_ids), strict=True))
-        return tf.cast(self.classifier(features, training=False), tf.float32)
+        if self.precision == "fp32":
+            return tf.cast(self.classifier(features, training=False), tf.float32)
+        outputs = self.encoder.forward(features, training=False)
+        if self.pooling is None:
+            pooled = tf.cast(outputs["pooled_output"], tf.float32)
+        else:
+            pooled = self.pooling(tf.cast(outputs["sequence_output"], tf.float32), input_mask)
+        return tf.cast(self.head(pooled), tf.float32)
 
     def _serve(self, text):
-        features = self.preprocessor(text)
+        features = self.preprocessor.bucketed(text)
         logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
@@ -82,8 +122,18 @@ def publish(tmp_dir: Path, base_path: Path, attempts: int = 100) -> tuple[int, P
     raise RuntimeError(f"could not find a free version under {base_path} after {attempts} attempts")
 
 
+TMP_PREFIX = ".tmp-export-"  # not numeric: model servers ignore such folders
+_LOCK = ".export.lock"
+_UNLOCKED_STALE_SECONDS = 600
+
+
 def export_saved_model(module: ServingModule, base_path: str | Path, *, write_extras=None) -> tuple[int, Path]:
     """Saves `module` with its `serving_default` signature as the next version under `base_path`.
+
+    The version is written into a hidden temporary folder, flushed, then renamed into place and the rename
+    made durable, so a model server polling the base path never sees half a model and a power cut cannot
+    un-publish it. The writer holds an flock on a file inside the temporary folder while it works, which lets
+    `clean_stale_exports` tell a live export from one whose process was killed.
 
     Args:
       module: the ServingModule to save.
@@ -96,20 +146,55 @@ def export_saved_model(module: ServingModule, base_path: str | Path, *, write_ex
     """
     base = Path(base_path)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-export-{os.getpid()}-{next_version(base)}"  # not numeric: servers ignore it
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the server (another uid) must read the version
+    lock = open(tmp / _LOCK, "w")  # noqa: SIM115 (held until the rename)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
         if write_extras is not None:
             write_extras(tmp)
+        os.unlink(tmp / _LOCK)  # not part of the version; the open descriptor keeps the lock until the rename
         _fsync_tree(tmp)
         version, target = publish(tmp, base)
+        fsync_dir(base)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock.close()
     log.info("exported version %d to %s", version, target)
     return version, target
+
+
+def clean_stale_exports(base_path: str | Path) -> list[Path]:
+    """Removes temporary export folders left by killed exporters; returns what it removed.
+
+    A folder is stale if its lock file can be locked (its writer is gone: flock dies with the process), or if
+    it has no lock file and has not changed for 10 minutes (a writer killed between unlinking the lock and the
+    rename; a live writer finishes that step in seconds).
+    """
+    base = Path(base_path)
+    removed = []
+    for tmp in sorted(base.glob(f"{TMP_PREFIX}*")) if base.is_dir() else []:
+        lock_path = tmp / _LOCK
+        try:
+            if lock_path.exists():
+                with open(lock_path) as lock:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live export
+            elif time.time() - tmp.stat().st_mtime < _UNLOCKED_STALE_SECONDS:
+                continue
+        except FileNotFoundError:
+            continue  # published or removed meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("removed %s, left by an interrupted export", tmp)
+        removed.append(tmp)
+    return removed
 
 
 def _fsync_tree(root: Path) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import signal
 import time
 
 import numpy as np
@@ -18,75 +16,12 @@ import tensorflow as tf
 import tf_keras
 from tqdm import tqdm
 
-from trainer import summaries
+from trainer import faults, summaries
 from trainer.checkpoints import Checkpoints, make_state
 from trainer.model import HEAD_NAME
+from trainer.schedule import Schedule
 
 log = logging.getLogger("bertbc.trainer")
-
-# Test hook: SIGKILL this process right after global step N, exactly like `kill -9` mid-epoch.
-_KILL_AT_STEP = int(os.environ.get("BERTBC_TEST_KILL_AT_STEP", "0") or 0)
-
-
-def make_strategy(name: str = "auto", logical_cpus: int = 0) -> tf.distribute.Strategy:
-    """One device by default; MirroredStrategy across GPUs (or logical CPUs, for testing) when asked or found.
-
-    Args:
-      name: "auto" (mirrored iff more than one GPU is visible), "default" (one device) or "mirrored".
-      logical_cpus: if > 1, split the CPU into this many logical devices first (must run before TF uses devices).
-    """
-    if logical_cpus > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    return tf.distribute.get_strategy()
-
-
-def configure_precision(mode: str) -> None:
-    """Sets the Keras mixed-precision policy and the matching Grappler rewrite.
-
-    The encoder is a loaded SavedModel, so a Keras policy alone would only touch the head; Grappler's
-    auto-mixed-precision rewrite casts the encoder's matmuls too (bf16 on oneDNN CPUs, fp16 on CUDA GPUs).
-    The dense head is built with dtype float32 and the loss is computed in float32 either way.
-    """
-    if mode == "off":
-        tf_keras.mixed_precision.set_global_policy("float32")
-        return
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if mode == "bf16":
-        tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        option = "auto_mixed_precision" if on_gpu else "auto_mixed_precision_onednn_bfloat16"
-    else:
-        tf_keras.mixed_precision.set_global_policy("mixed_float16")
-        option = "auto_mixed_precision"
-    tf.config.optimizer.set_experimental_options({option: True})
-
-
-class WarmupLinearDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
-    """BERT's schedule: linear warm-up to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`."""
-
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int):
-        self.peak, self.total_steps, self.warmup_steps = peak, max(total_steps, 1), warmup_steps
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = self.peak * step / max(self.warmup_steps, 1)
-        decay = self.peak * tf.maximum(0.0, (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1))
-        return tf.where(step < self.warmup_steps, warm, decay)
-
-    def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
-
-
-def make_learning_rate(peak: float, warmup_fraction: float, total_steps: int):
-    """Constant `peak` when warmup_fraction is 0 (the seed notebook), else warm-up + linear decay."""
-    if warmup_fraction <= 0:
-        return peak
-    return WarmupLinearDecay(peak, total_steps, int(round(warmup_fraction * total_steps)))
-
 
 @dataclasses.dataclass
 class Steps:
@@ -117,10 +52,14 @@ def make_steps(strategy, model, optimizer, *, loss_scaling: bool = False, compil
     val_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("val_accuracy")
 
     def train_replica(features, labels):
+        # Replicas may get unequal shares of a global batch (batch 16 on 3 devices, a short last batch), so the
+        # mean is taken over the examples of ALL replicas: the summed gradients then equal one device's.
+        global_batch = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.cast(tf.shape(labels)[0], tf.float32))
         with tf.GradientTape() as tape:
             logits = tf.cast(model(features, training=True), tf.float32)
             per_example = loss_fn(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example)
+            loss = tf.reduce_sum(per_example) / tf.maximum(global_batch, 1.0)
             scaled = optimizer.get_scaled_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
         if loss_scaling:
@@ -193,37 +132,37 @@ def run_epochs(
     num_classes: int,
     class_names: list[str],
     logger: summaries.RunLogger,
-    learning_rate,
+    schedule: Schedule,
     steps_per_summary: int,
-    steps_per_epoch: int,
+    show_progress: bool = True,
 ) -> list[EpochResult]:
-    """Trains from the checkpoint's epoch to `epochs`, checkpointing best/latest after each epoch.
+    """Trains from the checkpoint's epoch to `epochs`, committing history, latest/ and best/ after each epoch.
 
     Args:
       make_train_ds: epoch index -> tf.data.Dataset (a per-epoch seed keeps resumed runs identical to
         uninterrupted ones).
+      schedule: the run's stored learning-rate schedule (for logging the rate each step actually used).
+      show_progress: the tqdm bar (only the chief of a multi-worker job shows one).
     """
     results = []
-    history = checkpoints.read_history()
+    history = checkpoints.read_history() if checkpoints.is_chief else []
     dist_val = strategy.experimental_distribute_dataset(val_ds)
     start = int(checkpoints.state.epoch.numpy())
     for epoch in range(start + 1, epochs + 1):
         started = time.perf_counter()
         steps.reset()
         dist_train = strategy.experimental_distribute_dataset(make_train_ds(epoch))
-        bar = tqdm(dist_train, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="step",
-                   mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(dist_train, total=schedule.steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="step",
+                   mininterval=1.0, dynamic_ncols=True, disable=not show_progress)
         for batch in bar:
             loss = float(steps.train_step(batch))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss} at epoch {epoch}: lower --learning-rate")
-            step = int(optimizer.iterations.numpy())
-            if step == _KILL_AT_STEP:
-                os.kill(os.getpid(), signal.SIGKILL)
+            step = int(optimizer.iterations.numpy())  # updates applied so far; this one had index step - 1
+            faults.maybe_kill("step", step)
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(steps.train_accuracy.result()):.4f}", refresh=False)
             if step % steps_per_summary == 0:
-                lr = learning_rate(step) if callable(learning_rate) else learning_rate
-                logger.step(step, loss, float(lr))
+                logger.step(step, loss, schedule.rate_at(step - 1))
         bar.close()
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         for batch in dist_val:
@@ -235,28 +174,33 @@ def run_epochs(
         logger.epoch(epoch, train, val)
         logger.adam_moments(epoch, head_adam_moments(optimizer, model))
         logger.confusion(epoch, confusion, class_names)
-        improved = checkpoints.end_epoch(val["accuracy"])
-        result = EpochResult(epoch, train["loss"], train["accuracy"], val["loss"], val["accuracy"],
-                             summaries.macro_f1(confusion), improved, time.perf_counter() - started,
-                             confusion.tolist())
-        history.append(dataclasses.asdict(result))
-        checkpoints.write_history(history)
-        results.append(result)
+        seconds = time.perf_counter() - started
+
+        def entry(improved, epoch=epoch, train=train, val=val, confusion=confusion, seconds=seconds):
+            return dataclasses.asdict(EpochResult(epoch, train["loss"], train["accuracy"], val["loss"],
+                                                  val["accuracy"], summaries.macro_f1(confusion), improved,
+                                                  seconds, confusion.tolist()))
+
+        improved = checkpoints.end_epoch(val["accuracy"], history, entry)
+        results.append(EpochResult(**history[-1]))
         best = float(checkpoints.state.best_val_accuracy.numpy())
         verdict = "new best, saved best checkpoint" if improved else f"did not improve on best {best:.4f}"
         log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f | %s (%.0f s)",
                  epoch, epochs, train["loss"], train["accuracy"], val["loss"], val["accuracy"],
-                 result.val_macro_f1, verdict, result.seconds)
+                 results[-1].val_macro_f1, verdict, seconds)
     return results
 
 
-def build_training(strategy, build_model, *, learning_rate, mixed_precision: str):
-    """Creates model, optimizer, checkpoint state and steps inside the strategy's scope."""
+def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool):
+    """Creates model, optimizer, checkpoint state and steps inside the strategy's scope.
+
+    `loss_scaling` (float16 only, see trainer/precision.py) wraps Adam in a dynamic LossScaleOptimizer.
+    """
     with strategy.scope():
         model = build_model()
         optimizer = tf_keras.optimizers.Adam(learning_rate=learning_rate)
-        if mixed_precision == "fp16":
+        if loss_scaling:
             optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
         state = make_state(model, optimizer)
-        steps = make_steps(strategy, model, optimizer, loss_scaling=mixed_precision == "fp16")
+        steps = make_steps(strategy, model, optimizer, loss_scaling=loss_scaling)
     return model, optimizer, state, steps

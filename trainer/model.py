@@ -68,3 +68,14 @@ def build_classifier(
     pooled = tf_keras.layers.Dropout(dropout, name="dropout")(pooled)
     logits = tf_keras.layers.Dense(num_classes, name=HEAD_NAME, dtype="float32")(pooled)
     return tf_keras.Model(inputs=inputs, outputs=logits, name="bertbc_classifier")
+
+
+def with_any_length(model: tf_keras.Model) -> tf_keras.Model:
+    """The same classifier (same layers, same variables) accepting any sequence length: int32 [B, None].
+
+    A functional model built with a static `seq_length` rejects shorter inputs, although every layer here
+    works at any length (the encoder slices its position embeddings to the input length; attention and mean
+    pooling follow the mask). Serving feeds length-bucketed batches, so the export wraps the trained model.
+    """
+    inputs = {name: tf_keras.layers.Input(shape=(None,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
+    return tf_keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)

@@ -12,6 +12,12 @@ Steps of ``Preprocessor.__call__``:
    Sun et al. 2019 ("How to Fine-Tune BERT for Text Classification?") found head+tail best on long documents,
    and news articles restate their point at both ends.
 4. ``bert_pack_inputs`` → ``[CLS] … [SEP]``, padding, int32 [B, seq_length].
+
+Serving adds one step (``Preprocessor.bucketed``): the packed batch is cut to the smallest of a few bucket
+lengths (32, 64, 128, … capped at ``seq_length``) that holds its longest row, so a headline is encoded at 32
+tokens, not 256. The cut removes only padding ([PAD] ids with mask 0), which the encoder's attention mask and
+the masked mean pooling already ignore, so the classification is the same (up to float rounding). Training keeps
+the fixed length (``__call__``): its batches are full-length articles anyway, and fixed shapes trace once.
 """
 
 from __future__ import annotations
@@ -22,6 +28,41 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the ops the preprocessor SavedModel uses)
 
 TRUNCATIONS = ("head", "head_tail")
+SMALLEST_BUCKET = 32
+
+
+def bucket_lengths(seq_length: int, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:
+    """The packed lengths serving may use: ``smallest`` doubled while below ``seq_length``, then ``seq_length``.
+
+    Few distinct lengths keep oneDNN's per-shape kernel caches and the warm-up small; doubling wastes at most
+    half of a bucket on padding. Example: ``bucket_lengths(256) == (32, 64, 128, 256)``,
+    ``bucket_lengths(48) == (32, 48)``, ``bucket_lengths(16) == (16,)``.
+    """
+    if seq_length < 1 or smallest < 1:
+        raise ValueError(f"seq_length={seq_length} and smallest={smallest} must be >= 1")
+    lengths = []
+    length = smallest
+    while length < seq_length:
+        lengths.append(length)
+        length *= 2
+    return (*lengths, seq_length)
+
+
+def trim_to_bucket(features: dict[str, tf.Tensor], buckets: tuple[int, ...]) -> dict[str, tf.Tensor]:
+    """Cuts packed inputs to the smallest bucket that holds the batch's longest row (padding only).
+
+    Args:
+        features: input_word_ids / input_mask / input_type_ids, int32 [B, buckets[-1]], packed left-aligned
+            (real tokens first, mask 1, then padding, mask 0).
+        buckets: increasing lengths, the last one the packed length (see ``bucket_lengths``).
+
+    Returns:
+        The same keys, int32 [B, L] with L in ``buckets``; an empty batch gets ``buckets[0]``.
+    """
+    needed = tf.reduce_max(tf.reduce_sum(features["input_mask"], axis=1))  # empty batch: int32 min
+    table = tf.constant(buckets, tf.int32)
+    length = tf.gather(table, tf.reduce_sum(tf.cast(table < needed, tf.int32)))  # first bucket >= needed
+    return {name: value[:, :length] for name, value in features.items()}
 
 
 def repair_utf8(texts: tf.Tensor) -> tf.Tensor:
@@ -106,6 +147,15 @@ class Preprocessor(tf.Module):
         return {k: tf.ensure_shape(tf.reshape(tf.cast(packed[k], tf.int32), [batch, self.seq_length]),
                                    [None, self.seq_length])
                 for k in ("input_word_ids", "input_mask", "input_type_ids")}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def bucketed(self, texts):
+        """texts: string [B] → the ``__call__`` dict cut to int32 [B, L], L = the batch's bucket (serving).
+
+        Under TF Serving's server-side batching the strings of several requests are concatenated before the
+        graph runs, so the bucket is chosen per merged batch: its longest text decides for all.
+        """
+        return trim_to_bucket(self(texts), bucket_lengths(self.seq_length))
 
 
 def token_lengths(preprocess_handle: str, texts, batch_size: int = 64) -> np.ndarray:

@@ -1,8 +1,16 @@
 """The trainer's main job: corpus → tf.data → fine-tuning → best checkpoint → versioned SavedModel.
 
 A run lives in `<checkpoint_dir>/<run>/` (checkpoints, history, run.json) and `<logdir>/<run>/` (TensorBoard).
-Starting the trainer again resumes the newest unfinished run with the same settings (after a crash or kill),
-or starts a new run; a finished run is never overwritten.
+run.json records the run's settings and its learning-rate schedule when it starts. Rules:
+
+* Starting the trainer again resumes the newest run if it is unfinished and was started with the same settings
+  (after a crash or kill); if the newest run is unfinished but the settings differ, the trainer refuses and
+  names them (rerun with the run's flags, or pass --new-run). Otherwise a new run starts. A finished run is never
+  overwritten.
+* A run is finished once its version is published; a run killed after publishing but before run.json said so is
+  completed without publishing twice (the version's model card names its run).
+* `--export-only` re-exports a finished run (the newest one, or `--run NAME`) with the settings it was TRAINED
+  with, read from run.json; a flag that contradicts them is refused.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -20,21 +27,21 @@ import numpy as np
 import tf_keras
 
 from trainer import data as data_lib
-from trainer import encoders, summaries
+from trainer import distributed, encoders, summaries
 from trainer.checkpoints import Checkpoints, best_checkpoint_path, make_state, write_json_atomic
-from trainer.config import TrainConfig
-from trainer.export import ServingModule, export_saved_model
-from trainer.loop import build_training, configure_precision, make_learning_rate, make_strategy, run_epochs
+from trainer.config import MODEL_KEYS, TrainConfig
+from trainer.export import ServingModule, clean_stale_exports, export_saved_model, parse_version
+from trainer.loop import build_training, run_epochs
 from trainer.model import build_classifier
 from trainer.pipeline import make_eval_dataset, make_train_dataset
+from trainer.precision import configure_precision
 from trainer.preprocessing import Preprocessor
+from trainer.schedule import Schedule, make_schedule
 
 log = logging.getLogger("bertbc.trainer")
 
-# Settings that must match for a rerun to resume a run (epochs may grow; everything else changes the model).
-RESUME_KEYS = ("encoder", "encoder_handle", "preprocess_handle", "pooling", "truncation", "batch_size",
-               "seq_length", "learning_rate", "warmup_fraction", "dropout", "seed", "split_seed", "validation_split",
-               "mixed_precision", "max_train_docs", "max_val_docs")
+# What a card says about where its version came from (a finished training run vs a later --export-only).
+SOURCE_TRAIN, SOURCE_EXPORT_ONLY = "train", "export-only"
 
 
 class RunError(RuntimeError):
@@ -58,94 +65,191 @@ def set_seeds(seed: int) -> None:
     tf_keras.utils.set_random_seed(seed)
 
 
-def _resume_settings(cfg: TrainConfig, fingerprint: str) -> dict:
-    settings = {k: getattr(cfg, k) for k in RESUME_KEYS}
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def run_settings(cfg: TrainConfig, fingerprint: str, schedule: Schedule) -> dict:
+    """What must be equal for a rerun to continue a run: the model settings, the data and the schedule."""
+    settings = {k: getattr(cfg, k) for k in MODEL_KEYS}
     settings["data_fingerprint"] = fingerprint
+    settings["schedule"] = dataclasses.asdict(schedule)
     return settings
 
 
-def choose_run(cfg: TrainConfig, fingerprint: str) -> tuple[str, bool]:
-    """Picks the run folder: the named one, else the newest unfinished run with these settings, else a new one.
+def describe_differences(old: dict, new: dict) -> str:
+    """`--epochs 4 (run) vs 3 (now), ...` for the settings that differ."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "schedule":
+            continue  # follows from epochs/batch size/warm-up/data, which are named themselves
+        name = "the data (fingerprint)" if key == "data_fingerprint" else _flag(key)
+        parts.append(f"{name} {old.get(key)!r} (run) vs {new.get(key)!r} (now)")
+    if not parts and old.get("schedule") != new.get("schedule"):
+        parts.append(f"the learning-rate schedule {old.get('schedule')} (run) vs {new.get('schedule')} (now)")
+    return ", ".join(parts)
 
-    Returns:
-      (run name, whether it resumes an existing run).
-    """
+
+def _read_run(run_dir: Path) -> dict | None:
+    path = run_dir / "run.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _runs(root: Path) -> list[tuple[Path, dict]]:
+    """(folder, run.json) of every run under `root`, newest started first."""
+    runs = [(p.parent, json.loads(p.read_text())) for p in root.glob("*/run.json")]
+    return sorted(runs, key=lambda r: (r[1].get("started", ""), r[0].stat().st_mtime), reverse=True)
+
+
+def choose_run(cfg: TrainConfig, settings: dict) -> tuple[str, bool]:
+    """Picks the run folder (see the module docstring). Returns (run name, whether it resumes)."""
     root = Path(cfg.checkpoint_dir)
-    wanted = _resume_settings(cfg, fingerprint)
-    candidates = [root / cfg.run_name] if cfg.run_name else sorted(
-        (p for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        run_json = path if path.name == "run.json" else path / "run.json"
-        if not run_json.exists():
-            continue
-        meta = json.loads(run_json.read_text())
+    if cfg.run_name:
+        meta = _read_run(root / cfg.run_name)
+        if meta is None:
+            return cfg.run_name, False
         if meta.get("finished"):
-            if cfg.run_name:
-                raise RunError(f"run {cfg.run_name!r} in {root} already finished (exported version "
-                               f"{meta.get('version')}); use --export-only to re-export it or a new --run-name")
-            continue
-        if meta.get("settings") != wanted:
-            if cfg.run_name:
-                diff = {k: (meta.get("settings", {}).get(k), v) for k, v in wanted.items()
-                        if meta.get("settings", {}).get(k) != v}
-                raise RunError(f"run {cfg.run_name!r} was started with other settings {diff} (old, new); "
-                               "pass the same flags to resume it or a new --run-name")
-            continue
-        return run_json.parent.name, True
-    name = cfg.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{cfg.encoder}"
-    return name, False
+            raise RunError(f"run {cfg.run_name!r} in {root} already finished (exported version "
+                           f"{meta.get('version')}); use --export-only --run {cfg.run_name} to re-export it, "
+                           "or a new --run-name")
+        diff = describe_differences(meta.get("settings", {}), settings)
+        if diff:
+            raise RunError(f"run {cfg.run_name!r} was started with other settings: {diff}; pass the run's flags "
+                           "to resume it, or a new --run-name")
+        return cfg.run_name, True
+    new_name = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{cfg.encoder}"
+    runs = [] if not cfg.resume else _runs(root)
+    if runs and not runs[0][1].get("finished"):
+        newest, meta = runs[0]
+        diff = describe_differences(meta.get("settings", {}), settings)
+        if diff:
+            raise RunError(f"the newest run {newest.name!r} in {root} is unfinished and was started with other "
+                           f"settings: {diff}. Rerun with the run's flags to resume it, or pass --new-run to "
+                           "leave it and start a new run")
+        return newest.name, True
+    return new_name, False
+
+
+def _choose_run_everywhere(cfg: TrainConfig, settings: dict, strategy, cluster) -> tuple[str, bool]:
+    """The chief decides; other workers receive its decision (or its refusal) through one all-reduce."""
+    decision = None
+    if cluster.is_chief:
+        try:
+            name, resumed = choose_run(cfg, settings)
+            decision = f"{int(resumed)}{name}"
+        except RunError as e:
+            decision = "!" + str(e)[:200]
+            if not cluster.multi_worker:
+                raise
+            distributed.broadcast_string(strategy, decision)
+            raise
+    if cluster.multi_worker:
+        decision = distributed.broadcast_string(strategy, decision)
+        if decision.startswith("!"):
+            raise RunError(f"the chief refused to start: {decision[1:]}")
+    return decision[1:], decision[0] == "1"
 
 
 def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) -> RunResult:
-    """Runs (or resumes) training, then exports the best checkpoint as a new version."""
+    """Runs (or resumes) training, then exports the best checkpoint as a new version (on the chief)."""
     started = time.perf_counter()
     cfg.validate()
-    configure_precision(cfg.mixed_precision)
-    strategy = make_strategy(cfg.strategy, cfg.logical_cpus)
+    cluster = distributed.cluster_from_env()
+    precision = configure_precision(cfg.mixed_precision)
+    strategy = distributed.make_strategy(cfg.strategy, cfg.logical_cpus, cluster)  # before any other TF op
+    folders = distributed.WorkerFolders(cluster)
     corpus = corpus or load_data(cfg)
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
-    run_name, resumed = choose_run(cfg, corpus.fingerprint)
+    schedule = make_schedule(cfg.learning_rate, cfg.warmup_fraction, train_docs=len(corpus.train_texts),
+                             batch_size=cfg.batch_size, epochs=cfg.epochs)
+    if cluster.is_chief:
+        clean_stale_exports(Path(cfg.model_base_path))
+    settings = run_settings(cfg, corpus.fingerprint, schedule)
+    run_name, resumed = _choose_run_everywhere(cfg, settings, strategy, cluster)
     run_ckpt = Path(cfg.checkpoint_dir) / run_name
-    run_json = run_ckpt / "run.json"
-    if not resumed:
-        write_json_atomic(run_json, {"run_name": run_name, "settings": _resume_settings(cfg, corpus.fingerprint),
-                                     "config": dataclasses.asdict(cfg), "finished": False})
+    if cluster.is_chief and not resumed:
+        write_json_atomic(run_ckpt / "run.json", {
+            "run_name": run_name, "settings": settings, "config": dataclasses.asdict(cfg), "finished": False,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "workers": cluster.num_workers})
     set_seeds(cfg.seed)
     preprocessor = Preprocessor(spec.preprocess_handle, seq_length=cfg.seq_length, truncation=cfg.truncation)
-    steps_per_epoch = math.ceil(len(corpus.train_texts) / cfg.batch_size)
-    learning_rate = make_learning_rate(cfg.learning_rate, cfg.warmup_fraction, steps_per_epoch * cfg.epochs)
     num_classes = len(corpus.class_names)
     model, optimizer, state, steps = build_training(
         strategy, lambda: build_classifier(spec.encoder_handle, num_classes, seq_length=cfg.seq_length,
                                            pooling=cfg.pooling, dropout=cfg.dropout),
-        learning_rate=learning_rate, mixed_precision=cfg.mixed_precision)
-    checkpoints = Checkpoints(run_ckpt, state)
+        learning_rate=schedule.learning_rate(), loss_scaling=precision.loss_scaling)
+    checkpoints = Checkpoints(run_ckpt, state, folders if cluster.multi_worker else None)
     if checkpoints.restore_latest():
         log.info("resuming run %s after epoch %d (best val accuracy %.4f at epoch %d)", run_name,
                  int(state.epoch.numpy()), float(state.best_val_accuracy.numpy()), int(state.best_epoch.numpy()))
     else:
         log.info("starting run %s: %d train / %d val docs, %d steps per epoch, %d replica(s)", run_name,
-                 len(corpus.train_texts), len(corpus.val_texts), steps_per_epoch, strategy.num_replicas_in_sync)
-    logger = summaries.RunLogger(Path(cfg.logdir) / run_name)
+                 len(corpus.train_texts), len(corpus.val_texts), schedule.steps_per_epoch,
+                 strategy.num_replicas_in_sync)
+    logger = summaries.RunLogger(Path(cfg.logdir) / run_name, enabled=cluster.is_chief)
     val_ds = make_eval_dataset(corpus.val_texts, corpus.val_labels, preprocessor, batch_size=cfg.batch_size)
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
         make_train_ds=lambda epoch: make_train_dataset(corpus.train_texts, corpus.train_labels, preprocessor,
                                                        batch_size=cfg.batch_size, seed=cfg.seed + epoch),
         val_ds=val_ds, epochs=cfg.epochs, num_classes=num_classes, class_names=list(corpus.class_names),
-        logger=logger, learning_rate=learning_rate, steps_per_summary=cfg.steps_per_summary,
-        steps_per_epoch=steps_per_epoch)
+        logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
+        show_progress=cluster.is_chief)
     best = float(state.best_val_accuracy.numpy())
     logger.hparams(cfg.hparams(), run_name, best, int(state.epoch.numpy()))
     logger.close()
+    folders.close()
+    if not cluster.is_chief:
+        log.info("%s finished training run %s; the chief exports it", cluster.name, run_name)
+        return RunResult(run_name, run_ckpt, None, None, best, [])
+    published = published_version(Path(cfg.model_base_path), run_name)
+    if published is not None:
+        log.info("run %s was already published as version %d (interrupted before run.json said so)",
+                 run_name, published)
+        _mark_finished(run_ckpt, published, Path(cfg.model_base_path) / str(published))
+        return RunResult(run_name, run_ckpt, published, Path(cfg.model_base_path) / str(published), best,
+                         checkpoints.read_history())
     return export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
-                      train_seconds=time.perf_counter() - started)
+                      train_seconds=time.perf_counter() - started, source=SOURCE_TRAIN)
+
+
+def published_version(base_path: Path, run_name: str) -> int | None:
+    """The version that finishing `run_name` published, if one exists (its model card says so)."""
+    if not base_path.is_dir():
+        return None
+    for child in base_path.iterdir():
+        version = parse_version(child.name)
+        card = child / "model_card.json"
+        if version is None or not card.is_file():
+            continue
+        try:
+            meta = json.loads(card.read_text())
+        except ValueError:
+            continue
+        if meta.get("run_name") == run_name and meta.get("source") == SOURCE_TRAIN:
+            return version
+    return None
+
+
+def _mark_finished(run_ckpt: Path, version: int, path: Path) -> None:
+    meta = _read_run(run_ckpt) or {"run_name": run_ckpt.name}
+    meta.update(finished=True, version=version, export_path=str(path),
+                finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(run_ckpt / "run.json", meta)
 
 
 def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *, preprocessor=None,
-               train_seconds: float | None = None) -> RunResult:
-    """Restores the run's BEST checkpoint into a fresh model and publishes it as the next version."""
+               train_seconds: float | None = None, source: str = SOURCE_TRAIN) -> RunResult:
+    """Restores the run's BEST checkpoint into a fresh model built from `cfg` and publishes the next version.
+
+    The restore checks that every object of the model matched a value of the checkpoint, so a model built
+    with other settings than the run's fails loudly instead of exporting half-restored weights.
+    """
+    from trainer import faults  # noqa: PLC0415
     from trainer.modelcard import build_model_card  # noqa: PLC0415 (keeps `python -m trainer --help` fast)
     from trainer.warmup import write_warmup_requests  # noqa: PLC0415
 
@@ -156,16 +260,21 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
                                                 truncation=cfg.truncation)
     model = build_classifier(spec.encoder_handle, len(corpus.class_names), seq_length=cfg.seq_length,
                              pooling=cfg.pooling, dropout=cfg.dropout)
-    state = make_state(model, tf_keras.optimizers.Adam())
-    state.checkpoint.restore(ckpt_path).expect_partial()
+    state = make_state(model)
+    try:
+        state.best_checkpoint.restore(ckpt_path).assert_existing_objects_matched()
+    except AssertionError as e:
+        raise RunError(f"the best checkpoint {ckpt_path} does not match a model built with this run's settings "
+                       f"({e}); was the checkpoint folder copied between runs?") from e
     log.info("restored best checkpoint %s (epoch %d, val accuracy %.4f)", ckpt_path, int(state.best_epoch.numpy()),
              float(state.best_val_accuracy.numpy()))
-    module = ServingModule(preprocessor, model, list(corpus.class_names))
+    module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision)
     history = Checkpoints(run_ckpt, state).read_history()
     card = build_model_card(cfg, corpus, spec, module, history=history, run_name=run_name,
                             best_epoch=int(state.best_epoch.numpy()),
                             best_val_accuracy=float(state.best_val_accuracy.numpy()),
                             train_seconds=train_seconds)
+    card["source"] = source
 
     def write_extras(tmp_dir: Path) -> None:
         from trainer.opcheck import check_saved_model_ops  # noqa: PLC0415
@@ -175,34 +284,85 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
         check_saved_model_ops(str(tmp_dir))
         card["export_seconds"] = round(time.perf_counter() - started, 1)
         (tmp_dir / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
+        faults.maybe_kill("export_before_rename")
 
     version, path = export_saved_model(module, Path(cfg.model_base_path), write_extras=write_extras)
-    run_json = run_ckpt / "run.json"
-    meta = json.loads(run_json.read_text()) if run_json.exists() else {"run_name": run_name}
-    meta.update(finished=True, version=version, export_path=str(path))
-    write_json_atomic(run_json, meta)
+    faults.maybe_kill("export_after_rename")
+    if source == SOURCE_TRAIN:
+        _mark_finished(run_ckpt, version, path)
+    else:
+        meta = _read_run(run_ckpt) or {"run_name": run_name}
+        meta["re_exports"] = [*meta.get("re_exports", []), version]
+        write_json_atomic(run_ckpt / "run.json", meta)
     log.info("model card: %s", path / "model_card.json")
     return RunResult(run_name, run_ckpt, version, path, float(state.best_val_accuracy.numpy()), history)
 
 
-def run_to_export(cfg: TrainConfig) -> str:
-    """For --export-only: the named run, else the newest run with a best checkpoint."""
+def run_to_export(cfg: TrainConfig) -> tuple[str, dict]:
+    """For --export-only: the named run (finished or not, with a best checkpoint), else the newest FINISHED run."""
     root = Path(cfg.checkpoint_dir)
     if cfg.run_name:
-        return cfg.run_name
-    runs = sorted((p.parent.parent for p in root.glob("*/best/checkpoint")), key=lambda p: p.stat().st_mtime,
-                  reverse=True)
-    if not runs:
-        raise RunError(f"--export-only: no run with a best checkpoint under {root}; train first")
-    return runs[0].name
+        meta = _read_run(root / cfg.run_name)
+        if meta is None:
+            known = ", ".join(p.name for p, _ in _runs(root)) or "none"
+            raise RunError(f"--export-only: no run {cfg.run_name!r} under {root} (runs: {known})")
+        log.info("exporting run %s (named with --run)", cfg.run_name)
+        return cfg.run_name, meta
+    finished = [(p, m) for p, m in _runs(root) if m.get("finished")]
+    if not finished:
+        raise RunError(f"--export-only: no finished run under {root}; train first, or name an unfinished run "
+                       "with --run NAME to export its best checkpoint so far")
+    finished.sort(key=lambda r: r[1].get("finished_at", r[1].get("started", "")), reverse=True)
+    name = finished[0][0].name
+    log.info("exporting run %s: the newest finished run under %s (--run NAME picks another)", name, root)
+    return name, finished[0][1]
 
 
-def export_only(cfg: TrainConfig) -> RunResult:
+# Settings --export-only takes from today's command line; everything in MODEL_KEYS comes from the run.
+EXPORT_OVERRIDES = ("data_dir", "cache_dir", "checkpoint_dir", "logdir", "model_base_path", "model_name",
+                    "export_precision", "run_name", "export_only")
+
+
+def export_config(cli_cfg: TrainConfig, recorded: dict, explicit: frozenset[str], run_name: str) -> TrainConfig:
+    """The run's recorded config with today's output locations; refuses explicit flags that contradict it."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+    conflicts = [f"{_flag(k)} {getattr(cli_cfg, k)!r} (run: {getattr(base, k)!r})"
+                 for k in sorted(explicit & set(MODEL_KEYS)) if getattr(cli_cfg, k) != getattr(base, k)]
+    if conflicts:
+        raise RunError(f"--export-only: {', '.join(conflicts)} contradict(s) the settings run {run_name!r} was "
+                       "trained with; drop these flags (the run's own settings are used) or train a new run")
+    overrides = {k: getattr(cli_cfg, k) for k in EXPORT_OVERRIDES}
+    if "data_dir" not in explicit and base.data_dir:
+        overrides["data_dir"] = cli_cfg.data_dir or base.data_dir
+    overrides["run_name"] = run_name
+    return dataclasses.replace(base, **overrides).validate()
+
+
+def export_only(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> RunResult:
+    """Re-exports a run's best checkpoint as a new version, with the settings that run was trained with.
+
+    Args:
+      cfg: today's settings (output locations, --run, --export-precision are taken from it).
+      explicit: the flags given on today's command line (`cli.explicit_keys`); those that contradict the run
+        are refused rather than silently ignored.
+    """
     cfg.validate()
+    run_name, meta = run_to_export(cfg)
+    if "config" not in meta:
+        raise RunError(f"run {run_name!r} has no recorded config in run.json (made by an older bertbc); "
+                       "retrain it, or re-export it with that version")
+    cfg = export_config(cfg, meta["config"], explicit, run_name)
+    clean_stale_exports(Path(cfg.model_base_path))
     corpus = load_data(cfg)
+    recorded_fingerprint = meta.get("settings", {}).get("data_fingerprint")
+    if recorded_fingerprint and recorded_fingerprint != corpus.fingerprint:
+        raise RunError(f"--export-only: the data at {cfg.data_dir} is not the data run {run_name!r} was trained on "
+                       "(fingerprints differ); the model card's validation numbers would be wrong. Pass the "
+                       "run's --data-dir")
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
-    return export_run(cfg, corpus, spec, run_to_export(cfg))
+    return export_run(cfg, corpus, spec, run_name, source=SOURCE_EXPORT_ONLY)
 
 
 def load_data(cfg: TrainConfig) -> data_lib.Corpus:

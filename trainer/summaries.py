@@ -28,11 +28,13 @@ VAL_MACRO_F1 = "val_macro_f1"
 class RunLogger:
     """Writers of one run: `<logdir>/<run>/train`, `/validation` (the seed's writers) and `/` for HParams."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True):
+        """`enabled=False` (non-chief workers of a multi-worker job) writes nothing and creates no folder."""
         self.run_dir = Path(run_dir)
-        self.train = tf.summary.create_file_writer(str(self.run_dir / "train"))
-        self.validation = tf.summary.create_file_writer(str(self.run_dir / "validation"))
-        self.run = tf.summary.create_file_writer(str(self.run_dir))
+        make = tf.summary.create_file_writer if enabled else (lambda _path: tf.summary.create_noop_writer())
+        self.train = make(str(self.run_dir / "train"))
+        self.validation = make(str(self.run_dir / "validation"))
+        self.run = make(str(self.run_dir))
 
     def step(self, step: int, loss: float, learning_rate: float) -> None:
         with self.train.as_default(step=step):

@@ -1,0 +1,153 @@
+"""Multi-worker training: two real trainer processes on 127.0.0.1 ports with TF_CONFIG, as a Kubernetes Indexed
+Job, a TFJob or the compose `train-distributed` profile would start them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO_ROOT, model_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
+from trainer.distributed import ClusterError, cluster_from_env
+
+WORKER_TIMEOUT_S = 420
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def _start_workers(flags: list[str], tmp: Path, env_per_worker: list[dict] | None = None) -> list[subprocess.Popen]:
+    ports = _free_ports(2)
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": _tf_config(ports, i), **((env_per_worker or [{}, {}])[i])}
+        log = open(tmp / f"worker-{i}.log", "a")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer", *flags], cwd=REPO_ROOT, env=env,
+                                      stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    return [p.poll() for p in procs]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, cache_dir, deterministic_encoder):
+    encoder, preprocess = deterministic_encoder
+    corpus = write_toy_corpus(tmp_path_factory.mktemp("mw") / "bbc", docs_per_class=16)
+    return corpus, encoder, preprocess
+
+
+def _flags(cfg, encoder, preprocess) -> list[str]:
+    return [*trainer_flags(cfg), "--encoder-handle", encoder, "--preprocess-handle", preprocess, "--dropout", "0"]
+
+
+def test_two_workers_train_publish_once_and_match_one_process(setup, tmp_path, cache_dir):
+    corpus, encoder, preprocess = setup
+    cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=2)
+    procs = _start_workers(_flags(cfg, encoder, preprocess), tmp_path)
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)
+    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], f"exit codes {codes}\n--- worker 0\n{logs[0][-3000:]}\n--- worker 1\n{logs[1][-3000:]}"
+    assert "2 replica(s)" in logs[0] and "the chief exports" in logs[1]
+
+    assert sorted(p.name for p in Path(cfg.model_base_path).iterdir()) == ["1"]
+    runs = list(Path(cfg.checkpoint_dir).iterdir())
+    assert len(runs) == 1, runs
+    history = json.loads((runs[0] / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [p.name for p in Path(cfg.logdir).iterdir()] == [runs[0].name]  # only the chief logged
+
+    # The same global batches on one process give the same weights.
+    single = toy_config(tmp_path / "single", corpus, cache_dir, epochs=2)
+    done = run_trainer(_flags(single, encoder, preprocess))
+    assert done.returncode == 0, done.stderr[-3000:]
+    single_run = next(Path(single.checkpoint_dir).iterdir())
+    want = model_weights(tf.train.latest_checkpoint(str(single_run / "latest")))
+    got = model_weights(tf.train.latest_checkpoint(str(runs[0] / "latest")))
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=2e-5, err_msg=key)
+
+
+def test_killed_worker_then_restart_resumes_from_the_checkpoint(setup, tmp_path, cache_dir):
+    corpus, encoder, preprocess = setup
+    cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=3)
+    flags = _flags(cfg, encoder, preprocess)
+    # Worker 1 dies with SIGKILL in the middle of epoch 2 (5 steps per epoch); the chief must not hang forever.
+    procs = _start_workers(flags, tmp_path, env_per_worker=[{}, {"BERTBC_TEST_KILL_AT": "step@7"}])
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)  # what a Job controller does to a stuck pod
+    assert codes[1] == -signal.SIGKILL, codes
+    run_dir = next(Path(cfg.checkpoint_dir).iterdir())
+    assert [h["epoch"] for h in json.loads((run_dir / "history.json").read_text())] == [1]
+
+    procs = _start_workers(flags, tmp_path)  # the job restarts every worker with the same command
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)
+    log0 = (tmp_path / "worker-0.log").read_text()
+    assert codes == [0, 0], log0[-3000:]
+    assert "resuming run" in log0 and "after epoch 1" in log0
+    assert [h["epoch"] for h in json.loads((run_dir / "history.json").read_text())] == [1, 2, 3]
+    assert sorted(p.name for p in Path(cfg.model_base_path).iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "TF_CONFIG is not valid"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "not supported"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "is not in its cluster"),
+])
+def test_bad_tf_config_is_a_clear_error(tf_config, message):
+    with pytest.raises(ClusterError, match=message):
+        cluster_from_env({"TF_CONFIG": tf_config})
+
+
+def test_cluster_roles():
+    two = '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": %d}}'
+    assert cluster_from_env({"TF_CONFIG": two % 0}).is_chief
+    assert not cluster_from_env({"TF_CONFIG": two % 1}).is_chief
+    with_chief = '{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}'
+    assert not cluster_from_env({"TF_CONFIG": with_chief}).is_chief
+    assert cluster_from_env({"TF_CONFIG": with_chief}).num_workers == 2
+    assert not cluster_from_env({}).multi_worker

@@ -1,0 +1,75 @@
+"""Run folders: resume only with the run's own settings, and --export-only with the settings a run was trained
+with, never today's command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.conftest import run_trainer, toy_config, trainer_flags, write_toy_corpus
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, cache_dir, tiny_encoder):
+    corpus = write_toy_corpus(tmp_path / "bbc", docs_per_class=8)
+    cfg = toy_config(tmp_path, corpus, cache_dir, epochs=3)
+    flags = trainer_flags(cfg)
+    killed = run_trainer(flags, env={"BERTBC_TEST_KILL_AT": "step@1"})
+    assert killed.returncode == -9
+    run_dir = next(Path(cfg.checkpoint_dir).iterdir())
+    schedule = json.loads((run_dir / "run.json").read_text())["settings"]["schedule"]
+    assert schedule["total_steps"] == 3 * schedule["steps_per_epoch"]
+
+    other = [*flags[:flags.index("--epochs")], "--epochs", "4", *flags[flags.index("--epochs") + 2:]]
+    refused = run_trainer(other)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "--epochs 3 (run) vs 4 (now)" in refused.stderr and "--new-run" in refused.stderr
+    assert list(Path(cfg.checkpoint_dir).iterdir()) == [run_dir]  # nothing started
+
+    fresh = run_trainer([*other, "--new-run", "--epochs", "1"])
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert len(list(Path(cfg.checkpoint_dir).iterdir())) == 2
+    assert not json.loads((run_dir / "run.json").read_text())["finished"]  # the old run is left as it was
+
+
+def _copy_run(trained_cfg, tmp: Path) -> tuple[Path, Path]:
+    ckpt = tmp / "ckpt"
+    shutil.copytree(trained_cfg.checkpoint_dir, ckpt)
+    return ckpt, tmp / "models" / "bertbc"
+
+
+def test_export_only_uses_the_runs_settings_not_todays_defaults(trained, tmp_path):
+    cfg, result = trained  # tiny-random, 48 tokens: far from the CLI defaults (minilm-l6, 256)
+    ckpt, models = _copy_run(cfg, tmp_path)
+    done = run_trainer(["--export-only", "--checkpoint-dir", str(ckpt), "--model-base-path", str(models),
+                        "--cache-dir", cfg.cache_dir])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"exporting run {result.run_name}: the newest finished run" in done.stderr
+    card = json.loads((models / "1" / "model_card.json").read_text())
+    assert card["config"]["seq_length"] == cfg.seq_length and card["encoder"]["name"] == "tiny-random"
+    assert card["source"] == "export-only" and card["run_name"] == result.run_name
+    meta = json.loads((ckpt / result.run_name / "run.json").read_text())
+    assert meta["re_exports"] == [1] and meta["version"] == result.version
+
+
+def test_export_only_refuses_flags_that_contradict_the_run(trained, tmp_path):
+    cfg, result = trained
+    ckpt, models = _copy_run(cfg, tmp_path)
+    done = run_trainer(["--export-only", "--checkpoint-dir", str(ckpt), "--model-base-path", str(models),
+                        "--cache-dir", cfg.cache_dir, "--seq-length", "128", "--pooling", "cls"])
+    assert done.returncode == 2
+    assert "--seq-length 128 (run: 48)" in done.stderr and "--pooling 'cls' (run: 'mean')" in done.stderr
+    assert not models.exists()
+
+    unknown = run_trainer(["--export-only", "--checkpoint-dir", str(ckpt), "--model-base-path", str(models),
+                           "--cache-dir", cfg.cache_dir, "--run", "no-such-run"])
+    assert unknown.returncode == 2 and "no run 'no-such-run'" in unknown.stderr and result.run_name in unknown.stderr
+
+
+def test_export_only_refuses_other_data(trained, tmp_path):
+    cfg, _ = trained
+    ckpt, models = _copy_run(cfg, tmp_path)
+    other = write_toy_corpus(tmp_path / "other", docs_per_class=12, seed=7)
+    done = run_trainer(["--export-only", "--checkpoint-dir", str(ckpt), "--model-base-path", str(models),
+                        "--cache-dir", cfg.cache_dir, "--data-dir", str(other)])
+    assert done.returncode == 2 and "is not the data run" in done.stderr, done.stderr[-2000:]
