@@ -40,7 +40,9 @@ analyze: install ## corpus statistics + word-piece length histograms into report
 	$(PY) -m trainer analyze $(DATA_FLAG) --out-dir reports/analysis
 
 serve: install ## TF Serving-compatible dev server on 127.0.0.1:8501 for models/bertbc
-	$(PY) -m serving --rest_api_port 8501 --model_name bertbc --model_base_path models/bertbc
+	$(PY) -m serving --rest_api_port 8501 --model_name bertbc --model_base_path models/bertbc \
+	  --enable_batching --batching_parameters_file serving/batching_parameters.txt \
+	  --monitoring_config_file serving/monitoring.config
 
 tensorboard: install ## TensorBoard on 127.0.0.1:6006 for logs/
 	$(VENV)/bin/tensorboard --logdir logs --host 127.0.0.1 --port 6006

@@ -32,7 +32,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serving import cpu_description, latest_version  # noqa: E402
+from bench_serving import latest_version  # noqa: E402
+from machine import cpu_description  # noqa: E402
 
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 PROB_TOLERANCE = 1e-4

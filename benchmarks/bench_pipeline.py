@@ -5,6 +5,7 @@ Variants (each in its own process, because precision rewrites and tf.function st
   eager       the same step run eagerly
   serial      tf.function, but the input pipeline without parallel map and prefetch
   bf16        tf.function + --mixed-precision bf16 (Keras policy + oneDNN bf16 Grappler rewrite)
+  determ      tf.function + --deterministic (tf.config.experimental.enable_op_determinism): its cost
 For each: median step time, steps/s, the share of step time spent waiting for input, achieved FLOP/s as
 a share of this machine's dense matmul FLOP/s (fp32 or bf16, measured in the same process), and how many
 batches/s the input pipeline produces on its own (what it could feed a much faster accelerator).
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +25,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-VARIANTS = ("graph", "eager", "serial", "bf16")
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine import machine_line  # noqa: E402
+
+VARIANTS = ("graph", "eager", "serial", "bf16", "determ")
 
 
 def matmul_flops(dtype: str, n: int = 2048, repeats: int = 10) -> float:
@@ -63,6 +66,8 @@ def run_variant(variant: str, args) -> dict:
     from trainer.preprocessing import Preprocessor
 
     configure_precision("bf16" if variant == "bf16" else "off")
+    if variant == "determ":
+        tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(0)
     corpus = data.load_corpus(data.resolve_data_dir(args.data_dir, args.cache_dir),
                               max_train_docs=args.batch_size * (args.steps + args.warmup), max_val_docs=16)
@@ -140,7 +145,7 @@ def main() -> int:
             return 1
         rows.append(json.loads(line[7:]))
     base = rows[0]["median_step_s"]
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; encoder {args.encoder}, batch "
+    print(f"\n{machine_line()}\nencoder {args.encoder}, batch "
           f"{args.batch_size} x {args.seq_length} tokens, {args.steps} timed steps per variant")
     print(f"{'variant':<8} {'step s':>8} {'steps/s':>8} {'vs graph':>9} {'input wait':>11} {'GFLOP/s':>9} "
           f"{'matmul GFLOP/s':>15} {'of peak':>8} {'input alone b/s':>16}")

@@ -40,6 +40,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 
+from machine import cpu_description  # benchmarks/machine.py (scripts run with benchmarks/ on sys.path)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 BUILTIN_TEXTS = ROOT / "loadtest" / "texts"
@@ -234,25 +236,10 @@ class LengthRow:
     ms: dict  # precision -> median ms per call
 
 
-def cpu_description() -> str:
-    """CPU model name and its bf16-relevant flags, from /proc/cpuinfo (what oneDNN can use)."""
-    try:
-        info = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU (no /proc/cpuinfo)"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                "unknown CPU")
-    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")),
-                 set())
-    cores = sum(1 for line in info.splitlines() if line.startswith("processor"))
-    wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    have = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
-    return f"{name}, {cores} logical CPUs ({have})"
-
-
 def length_texts(texts_dir: str) -> dict[str, list[str]]:
-    """short (one headline), medium, long (one full-length article) and a batch of 16 long articles."""
-    long = longest_text(texts_dir)
+    """short (one headline), medium, long (full length: all request texts joined) and a batch of 16 long."""
+    root = pathlib.Path(texts_dir) if texts_dir else BUILTIN_TEXTS
+    long = " ".join(p.read_bytes().decode("utf-8", errors="replace").strip() for p in sorted(root.rglob("*.txt")))
     medium = " ".join(long.split()[:MEDIUM_WORDS])
     return {"short": [SHORT_TEXT], "medium": [medium], "long": [long], f"long x{BATCH}": [long] * BATCH}
 
@@ -327,6 +314,10 @@ def print_report(load: list[LoadResult], share: PreprocessShare | None, seconds:
 def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs: int) -> None:
     precisions = list(versions)
     print(f"\nserving_default in-process, median of {runs} interleaved calls per cell; CPU: {cpu_description()}")
+    # These change which kernels run: ONEDNN_MAX_CPU_ISA=AVX512_CORE acts like a CPU without AVX512-BF16,
+    # TF_ENABLE_ONEDNN_OPTS=0 like a TensorFlow build without oneDNN.
+    knobs = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS") if k in os.environ}
+    print(f"  kernel settings: {knobs or 'defaults (oneDNN on, all CPU features)'}")
     for p, path in versions.items():
         print(f"  {p}: {path}")
     header = "| text | word pieces | packed to | " + " | ".join(f"{p} ms" for p in precisions)

@@ -113,6 +113,7 @@ fi
 log "starting dev server on ${URL} (log: ${REPORTS_DIR}/server.log)"
 "$PY" -m serving --rest_api_host 127.0.0.1 --rest_api_port "$REST_PORT" --model_name bertbc \
   --model_base_path "$BASE_PATH" --monitoring_config_file serving/monitoring.config \
+  --enable_batching --batching_parameters_file serving/batching_parameters.txt \
   --file_system_poll_wait_seconds 10 > "${REPORTS_DIR}/server.log" 2>&1 &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")

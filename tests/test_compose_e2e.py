@@ -57,6 +57,7 @@ class Stack:
     images: dict[str, str]  # upstream name -> "upstream" | "STAND-IN"
     engine: str
     compose: str
+    log: object = print  # writes a line to the terminal, uncaptured
     done: set[str] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
@@ -75,9 +76,12 @@ class Stack:
 
 
 def _log(request, text: str) -> None:
+    """Straight to the terminal (not captured): which images are stand-ins, and the timings."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"[compose e2e] {text}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[compose e2e] {text}")
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float, check: bool = True,
@@ -218,7 +222,7 @@ def stack(request):
         )
         stack_ = Stack(env=env, project=project, workdir=workdir, rest_url=f"http://127.0.0.1:{rest}",
                        tensorboard_url=f"http://127.0.0.1:{tb}", images=kinds, engine=server,
-                       compose=compose_version)
+                       compose=compose_version, log=lambda text: _log(request, text))
         _log(request, f"project {project}, {corpus}, encoder {env['BERTBC_ENCODER']} {stack_.note}")
         t0 = time.monotonic()
         compose(stack_, "build", "trainer", "tensorboard", timeout=1200, what="building the trainer and tensorboard images")
@@ -304,6 +308,7 @@ def test_3_raw_text_predict_through_the_published_port(stack):
         (prediction,) = answer["predictions"]
         assert prediction["label"] in BBC_LABELS, f"{prediction} {stack.note}"
         assert abs(sum(prediction["probabilities"]) - 1) < 1e-3
+        stack.log(f"step 3: {text!r} -> {prediction['label']} (smoke-trained model: any known label passes)")
 
 
 def test_4_tensorboard_lists_the_run_scalars_and_adam_histograms(stack):
@@ -384,6 +389,8 @@ def test_6_retrain_during_a_locust_run_swaps_versions_without_a_failed_request(s
         total = _stats_total(reports / "compose-loadtest_stats.csv")
         assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, (total, stack.note)
         assert _model_versions_in_volume(stack) == [1, 2]
+        stack.log(f"step 6: version 1 -> 2 under load: {total['Request Count']} requests, "
+                  f"{total['Failure Count']} failed, p95 {total.get('95%', '?')} ms")
 
 
 def test_7_distributed_locust_with_two_workers(stack):
@@ -397,6 +404,7 @@ def test_7_distributed_locust_with_two_workers(stack):
         assert len(workers) == 2, f"{len(workers)} worker containers {stack.note}"
         total = _stats_total(stack.workdir / "reports" / "compose-loadtest-distributed_stats.csv")
         assert int(total["Request Count"]) > 0
+        stack.log(f"step 7: 2 Locust workers, {total['Request Count']} requests, {total['Failure Count']} failed")
         compose(stack, "--profile", "loadtest-distributed", "rm", "--stop", "--force", "loadtest-master",
                 "loadtest-worker", timeout=120)
 
@@ -416,6 +424,7 @@ def test_8_train_distributed_profile_publishes_exactly_one_version(stack):
             f"{(result.stdout + result.stderr)[-4000:]}")
         after = _model_versions_in_volume(stack)
         assert after == [*before, max(before) + 1], f"versions {before} -> {after}: expected exactly one new one"
+        stack.log(f"step 8: 2 trainer containers (MultiWorkerMirroredStrategy) published version {max(after)}")
         if "2 up -d --wait serving tensorboard" in stack.done:
             newest = str(max(after))
             assert _wait_for(lambda: _versions(stack).get(newest) == "AVAILABLE", timeout=180), _versions(stack)

@@ -86,7 +86,8 @@ def test_two_workers_train_publish_once_and_match_one_process(setup, tmp_path, c
         _stop(procs)
     logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], f"exit codes {codes}\n--- worker 0\n{logs[0][-3000:]}\n--- worker 1\n{logs[1][-3000:]}"
-    assert "2 replica(s)" in logs[0] and "the chief exports" in logs[1]
+    assert "2 replica(s)" in logs[0] and f"the chief exported run {Path(cfg.checkpoint_dir).iterdir().__next__().name} as version 1" in logs[1]
+    assert "have crashed" not in logs[0] and "eagerly" not in logs[0] + logs[1]  # no alarming noise at the end
 
     assert sorted(p.name for p in Path(cfg.model_base_path).iterdir()) == ["1"]
     runs = list(Path(cfg.checkpoint_dir).iterdir())

@@ -643,3 +643,26 @@ def test_compose_defaults_equal_the_trainer_defaults():
     for variable, value in expected.items():
         found = re.search(rf"\$\{{{variable}:-([^}}]+)\}}", raw)
         assert found and found.group(1) == value, (variable, found and found.group(1), value)
+
+
+# ---------------------------------------------------------------- train-distributed profile (multi-worker)
+
+
+def test_train_distributed_workers_are_the_trainer_with_tf_config(base, cpu):
+    """Every worker runs the trainer's image, command and volumes; TF_CONFIG names all workers, index i each."""
+    services = base["services"]
+    trainer = services["trainer"]
+    workers = sorted(name for name in services if name.startswith("trainer-worker-"))
+    assert workers == ["trainer-worker-0", "trainer-worker-1"]
+    for index, name in enumerate(workers):
+        worker = services[name]
+        assert worker["profiles"] == ["train-distributed"] and "profiles" not in trainer
+        for key in ("image", "build", "command", "entrypoint", "volumes", "restart"):
+            assert worker[key] == trainer[key], (name, key)
+        tf_config = json.loads(worker["environment"]["TF_CONFIG"])
+        assert tf_config["cluster"] == {"worker": [f"{w}:2222" for w in workers]}
+        assert tf_config["task"] == {"type": "worker", "index": index}
+        assert {k: v for k, v in worker["environment"].items() if k != "TF_CONFIG"} == trainer["environment"]
+        assert "deploy" not in cpu["services"][name]
+        assert cpu["services"][name]["build"]["args"] == cpu["services"]["trainer"]["build"]["args"]
+    assert "TF_CONFIG" not in trainer["environment"]

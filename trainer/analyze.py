@@ -157,10 +157,9 @@ def _split_stats(corpus: Corpus) -> dict:
 def _duplicates(corpus: Corpus) -> dict:
     """Exact byte-identical documents: extra copies overall, and validation documents also in train (leakage)."""
     copies = collections.Counter(corpus.train_texts + corpus.val_texts)
-    train = set(corpus.train_texts)
     return {
         "extra_copies": sum(n - 1 for n in copies.values()),
-        "val_docs_also_in_train": sum(t in train for t in corpus.val_texts),
+        "val_docs_also_in_train": sum(corpus.val_in_train()),
     }
 
 

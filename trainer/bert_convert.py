@@ -132,10 +132,12 @@ class BertEncoder(tf.Module):
         return tf.einsum("bsi,io->bso", x, params[0]) + params[1]
 
     @staticmethod
-    def _dropout(x, rate, training):
-        return tf.nn.dropout(x, rate=rate) if training and rate > 0 else x
+    def _dropout(x, rate, training, seed):
+        """Dropout with a fixed op seed per call site: without one, the saved op has seed 0/0 and draws from the
+        OS at every process start, so two runs with the same --seed could never give the same model."""
+        return tf.nn.dropout(x, rate=rate, seed=seed) if training and rate > 0 else x
 
-    def _attention(self, x, additive_mask, layer, training):
+    def _attention(self, x, additive_mask, layer, training, seed):
         cfg = self.config
         heads, size = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
@@ -145,7 +147,7 @@ class BertEncoder(tf.Module):
 
         q, k, v = (split(self._dense(x, layer[n])) for n in ("query", "key", "value"))
         scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(size) + additive_mask
-        probs = self._dropout(tf.nn.softmax(scores, axis=-1), cfg.attention_probs_dropout_prob, training)
+        probs = self._dropout(tf.nn.softmax(scores, axis=-1), cfg.attention_probs_dropout_prob, training, seed)
         context = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [batch, seq, cfg.hidden_size])
         return context
 
@@ -159,14 +161,16 @@ class BertEncoder(tf.Module):
         x = (tf.gather(self.word_embeddings, word_ids)
              + tf.gather(self.position_embeddings, tf.range(seq))[tf.newaxis]
              + tf.gather(self.type_embeddings, type_ids))
-        x = self._dropout(self._norm(x, self.embedding_norm), cfg.hidden_dropout_prob, training)
+        x = self._dropout(self._norm(x, self.embedding_norm), cfg.hidden_dropout_prob, training, seed=1)
         additive_mask = (1.0 - mask)[:, tf.newaxis, tf.newaxis, :] * _MASK_NEGATIVE
         outputs = []
-        for layer in self.layers:
-            attended = self._dense(self._attention(x, additive_mask, layer, training), layer["attention_output"])
-            x = self._norm(x + self._dropout(attended, cfg.hidden_dropout_prob, training), layer["attention_norm"])
+        for i, layer in enumerate(self.layers):
+            seed = 100 + 3 * i
+            attended = self._dense(self._attention(x, additive_mask, layer, training, seed), layer["attention_output"])
+            x = self._norm(x + self._dropout(attended, cfg.hidden_dropout_prob, training, seed + 1),
+                           layer["attention_norm"])
             hidden = tf.nn.gelu(self._dense(x, layer["intermediate"]), approximate=False)
-            out = self._dropout(self._dense(hidden, layer["output"]), cfg.hidden_dropout_prob, training)
+            out = self._dropout(self._dense(hidden, layer["output"]), cfg.hidden_dropout_prob, training, seed + 2)
             x = self._norm(x + out, layer["output_norm"])
             outputs.append(x)
         pooled = tf.tanh(tf.matmul(x[:, 0], self.pooler[0]) + self.pooler[1])

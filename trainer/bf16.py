@@ -37,12 +37,14 @@ class Bf16BertEncoder(BertEncoder):
     ``pooled_output`` [B, H].
     """
 
-    def _norm(self, x, params):
-        normed = super()._norm(tf.cast(x, tf.float32), params)
+    # Only the first arguments are named: the rest pass through, so these overrides follow BertEncoder's
+    # signature changes (tests/test_serving_graph.py runs the bf16 export end to end).
+    def _norm(self, x, params, *args, **kwargs):
+        normed = super()._norm(tf.cast(x, tf.float32), params, *args, **kwargs)
         return tf.cast(normed, tf.bfloat16)
 
-    def _attention(self, x, additive_mask, layer, training):
-        return super()._attention(x, tf.cast(additive_mask, x.dtype), layer, training)
+    def _attention(self, x, additive_mask, *args, **kwargs):
+        return super()._attention(x, tf.cast(additive_mask, x.dtype), *args, **kwargs)
 
     @classmethod
     def from_trained(cls, config: BertConfig, trained_variables) -> Bf16BertEncoder:

@@ -89,6 +89,10 @@ def train_parser() -> argparse.ArgumentParser:
                         "device (default %(default)s)")
     g.add_argument("--logical-cpus", type=int, default=D.logical_cpus,
                    help="split the CPU into N logical devices (tests MirroredStrategy without GPUs; default off)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="enable TensorFlow's op determinism: reruns with the same --seed give bit-identical "
+                        "models even where kernels are nondeterministic (GPU reductions, cuDNN); on a CPU the "
+                        "default is already reproducible with the offline encoders (cost: see README)")
     g.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"), default=D.mixed_precision,
                    help="training numerics; head and loss stay float32. bf16 on CPU: Keras mixed_bfloat16 policy "
                         "+ oneDNN bf16 rewrite of the encoder (AVX512-BF16/AMX CPUs); bf16 on GPU: the policy "
@@ -115,7 +119,11 @@ def train_parser() -> argparse.ArgumentParser:
                         "as a new version, with the settings the run was trained with (flags that contradict "
                         "them are refused)")
     g.add_argument("--export-precision", choices=("fp32", "bf16"), default=D.export_precision,
-                   help="numerics of the exported serving graph (default %(default)s)")
+                   help="numerics of the exported serving graph: fp32 = as trained; bf16 = the encoder's "
+                        "matmuls in bfloat16, cast inside the SavedModel (so TF Serving runs it too), LayerNorm, "
+                        "pooling and head in float32; only for encoders built here (minilm-l6, tiny-random). bf16 "
+                        "pays off only where bf16 matmuls are native (CPUs with AVX512-BF16/AMX under oneDNN, "
+                        "Ampere+ GPUs); elsewhere it is emulated and slower (default %(default)s)")
     g.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, and TensorFlow's own C++/Python start-up messages")
     return p

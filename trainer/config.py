@@ -49,6 +49,7 @@ class TrainConfig:
     logical_cpus: int = 0  # >1 splits the CPU into logical devices (to exercise MirroredStrategy without GPUs)
     mixed_precision: str = "off"  # off | bf16 | fp16 (per device: trainer/precision.py)
     export_precision: str = "fp32"  # fp32 | bf16: the exported serving graph's numerics
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism (bit-identical reruns on GPUs too)
     max_train_docs: int | None = None
     max_val_docs: int | None = None
     export_only: bool = False

@@ -123,12 +123,15 @@ def broadcast_string(strategy: tf.distribute.Strategy, value: str | None) -> str
         raise ValueError(f"cannot broadcast more than {_BROADCAST_BYTES} bytes, got {len(data)}")
     padded = list(data) + [0] * (_BROADCAST_BYTES - len(data))
 
-    def contribute():
-        ctx = tf.distribute.get_replica_context()
-        mine = tf.constant(padded, tf.int32)
-        return tf.where(tf.equal(ctx.replica_id_in_sync_group, 0), mine, tf.zeros_like(mine))
+    @tf.function  # collectives run eagerly warn about their overhead on every call
+    def exchange(mine):
+        def contribute():
+            ctx = tf.distribute.get_replica_context()
+            return tf.where(tf.equal(ctx.replica_id_in_sync_group, 0), mine, tf.zeros_like(mine))
 
-    summed = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribute), axis=None).numpy()
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribute), axis=None)
+
+    summed = exchange(tf.constant(padded, tf.int32)).numpy()
     return bytes(int(b) for b in summed if b).decode()
 
 

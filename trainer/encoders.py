@@ -27,6 +27,8 @@ from trainer.config import default_cache_dir
 DEFAULT_ENCODER = "minilm-l6"
 POOLINGS = ("cls", "mean")
 _READY_MARKER = "BUILD_COMPLETE"
+# Bumped when built encoders change; an older build in the cache is rebuilt. 2: dropout ops carry fixed seeds.
+BUILD_FORMAT = "2"
 _PROBE_TIMEOUT_S = 3.0
 
 
@@ -112,20 +114,20 @@ def build_offline_encoder(name: str, cache_dir: str | os.PathLike) -> pathlib.Pa
     """Builds ``<cache_dir>/encoders/<name>/{encoder,preprocess}`` once and returns that folder.
 
     The build happens in a temp dir beside the target and is renamed into place, with a marker file written
-    last; a folder without the marker (a crashed build) is removed and rebuilt, never reused.
+    last; a folder without the marker (a crashed build) or with an older BUILD_FORMAT is removed and rebuilt.
     """
     if name not in OFFLINE_ENCODERS:
         raise EncoderError(f"encoder name={name!r} is not an offline encoder ({sorted(OFFLINE_ENCODERS)})")
     target = pathlib.Path(cache_dir) / "encoders" / name
-    if (target / _READY_MARKER).is_file():
+    if _is_built(target, name):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
     try:
         _build_offline(name, tmp)
-        (tmp / _READY_MARKER).write_text(f"{name}\n")
-        if target.exists():  # half-built leftover (no marker) or a racing builder's result
-            if (target / _READY_MARKER).is_file():
+        (tmp / _READY_MARKER).write_text(f"{name} {BUILD_FORMAT}\n")
+        if target.exists():  # half-built leftover, an older format, or a racing builder's result
+            if _is_built(target, name):
                 return target
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -133,6 +135,11 @@ def build_offline_encoder(name: str, cache_dir: str | os.PathLike) -> pathlib.Pa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_built(target: pathlib.Path, name: str) -> bool:
+    marker = target / _READY_MARKER
+    return marker.is_file() and marker.read_text().split() == [name, BUILD_FORMAT]
 
 
 def tfhub_cache_path(handle: str) -> pathlib.Path:

@@ -13,22 +13,52 @@ import tf_keras
 from trainer import summaries
 
 
+def predict_module(module, texts, batch_size: int = 32) -> np.ndarray:
+    """Class ids [N] from the EXPORT path (raw text -> serve), batch by batch."""
+    predicted = [module.serve(tf.constant(list(texts[start:start + batch_size]), tf.string))["class_id"].numpy()
+                 for start in range(0, len(texts), batch_size)]
+    return np.concatenate(predicted) if predicted else np.zeros([0], np.int64)
+
+
 def evaluate_module(module, texts, labels, num_classes: int, batch_size: int = 32) -> np.ndarray:
     """Confusion matrix [C, C] (rows = true) of the EXPORT path (raw text → serve) on the given texts."""
+    return confusion_matrix(labels, predict_module(module, texts, batch_size), num_classes)
+
+
+def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for start in range(0, len(texts), batch_size):
-        batch = tf.constant(list(texts[start:start + batch_size]), tf.string)
-        predicted = module.serve(batch)["class_id"].numpy()
-        for true, pred in zip(labels[start:start + batch_size], predicted, strict=True):
-            matrix[int(true), int(pred)] += 1
+    np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
     return matrix
+
+
+def first_line(text: bytes, limit: int = 120) -> str:
+    line = next((x for x in text.decode("utf-8", "replace").splitlines() if x.strip()), "")
+    return line.strip()[:limit]
+
+
+def validation_report(corpus, predicted: np.ndarray) -> dict:
+    """Accuracy without the validation documents that also sit in train, and every misclassified document."""
+    names = list(corpus.class_names)
+    leaked = np.asarray(corpus.val_in_train(), bool)
+    correct = np.asarray(corpus.val_labels) == predicted
+    clean = ~leaked
+    return {
+        "val_without_train_duplicates": {"docs": int(clean.sum()),
+                                         "accuracy": float(correct[clean].mean()) if clean.any() else None},
+        "val_docs_also_in_train": int(leaked.sum()),
+        "val_errors": [{"path": corpus.val_paths[i], "first_line": first_line(corpus.val_texts[i]),
+                        "true": names[corpus.val_labels[i]], "predicted": names[int(predicted[i])],
+                        "also_in_train": bool(leaked[i])}
+                       for i in np.flatnonzero(~correct)],
+    }
 
 
 def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch, best_val_accuracy,
                      train_seconds) -> dict:
     """Collects encoder, hyper-parameters, data fingerprint, metrics and environment as a JSON-able dict."""
     names = list(corpus.class_names)
-    matrix = evaluate_module(module, corpus.val_texts, corpus.val_labels, len(names), cfg.batch_size)
+    predicted = predict_module(module, corpus.val_texts, cfg.batch_size)
+    matrix = confusion_matrix(corpus.val_labels, predicted, len(names))
     per_class = summaries.per_class_metrics(matrix, names)
     return {
         "model_name": cfg.model_name,
@@ -53,6 +83,7 @@ def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch
         "export_val_accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
         "export_val_macro_f1": float(np.mean([m["f1"] for m in per_class.values()])),
         "per_class": per_class,
+        **validation_report(corpus, predicted),
         "confusion_matrix": {"rows_true_columns_predicted": names, "matrix": matrix.tolist()},
         "environment": {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
                         "python": platform.python_version(), "machine": platform.machine(),

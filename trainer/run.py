@@ -158,11 +158,17 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     cfg.validate()
     cluster = distributed.cluster_from_env()
     precision = configure_precision(cfg.mixed_precision)
+    if cfg.deterministic:
+        import tensorflow as tf  # noqa: PLC0415
+
+        tf.config.experimental.enable_op_determinism()
+        log.info("op determinism enabled (--deterministic)")
     strategy = distributed.make_strategy(cfg.strategy, cfg.logical_cpus, cluster)  # before any other TF op
     folders = distributed.WorkerFolders(cluster)
     corpus = corpus or load_data(cfg)
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
+    _check_export_precision(cfg, spec)
     schedule = make_schedule(cfg.learning_rate, cfg.warmup_fraction, train_docs=len(corpus.train_texts),
                              batch_size=cfg.batch_size, epochs=cfg.epochs)
     if cluster.is_chief:
@@ -204,17 +210,36 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     logger.close()
     folders.close()
     if not cluster.is_chief:
-        log.info("%s finished training run %s; the chief exports it", cluster.name, run_name)
+        # Wait for the chief's export (a collective): a worker that exits first makes the chief's coordination
+        # service report "tasks have crashed" although nothing did.
+        log.info("%s finished training run %s; waiting for the chief to export it", cluster.name, run_name)
+        version = distributed.broadcast_string(strategy, None)
+        log.info("the chief exported run %s as version %s", run_name, version)
         return RunResult(run_name, run_ckpt, None, None, best, [])
     published = published_version(Path(cfg.model_base_path), run_name)
     if published is not None:
         log.info("run %s was already published as version %d (interrupted before run.json said so)",
                  run_name, published)
         _mark_finished(run_ckpt, published, Path(cfg.model_base_path) / str(published))
-        return RunResult(run_name, run_ckpt, published, Path(cfg.model_base_path) / str(published), best,
-                         checkpoints.read_history())
-    return export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
-                      train_seconds=time.perf_counter() - started, source=SOURCE_TRAIN)
+        result = RunResult(run_name, run_ckpt, published, Path(cfg.model_base_path) / str(published), best,
+                           checkpoints.read_history())
+    else:
+        result = export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
+                            train_seconds=time.perf_counter() - started, source=SOURCE_TRAIN)
+    if cluster.multi_worker:
+        distributed.broadcast_string(strategy, str(result.version))
+    return result
+
+
+def _check_export_precision(cfg: TrainConfig, spec) -> None:
+    """bf16 export rebuilds the encoder from its bert_convert config: refuse other encoders BEFORE training."""
+    if cfg.export_precision == "bf16":
+        from trainer.bf16 import encoder_config  # noqa: PLC0415
+
+        try:
+            encoder_config(spec.encoder_handle)
+        except ValueError as e:
+            raise RunError(str(e)) from e
 
 
 def published_version(base_path: Path, run_name: str) -> int | None:
@@ -250,7 +275,7 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
     with other settings than the run's fails loudly instead of exporting half-restored weights.
     """
     from trainer import faults  # noqa: PLC0415
-    from trainer.modelcard import build_model_card  # noqa: PLC0415 (keeps `python -m trainer --help` fast)
+    from trainer.modelcard import build_model_card, first_line  # noqa: PLC0415 (keeps --help fast)
     from trainer.warmup import write_warmup_requests  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -280,7 +305,9 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
         from trainer.opcheck import check_saved_model_ops  # noqa: PLC0415
 
         # One single-text and one batched request per text: the shapes clients send first after a swap.
-        write_warmup_requests(str(tmp_dir), list(corpus.val_texts[:4]) or [b"warm-up"], model_name=cfg.model_name)
+        # A headline as well as articles, so the shortest and the longest length bucket are both warm.
+        texts = [first_line(t).encode() for t in corpus.val_texts[:1]] + list(corpus.val_texts[:3])
+        write_warmup_requests(str(tmp_dir), texts or [b"warm-up"], model_name=cfg.model_name)
         check_saved_model_ops(str(tmp_dir))
         card["export_seconds"] = round(time.perf_counter() - started, 1)
         (tmp_dir / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
@@ -362,6 +389,7 @@ def export_only(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Run
                        "run's --data-dir")
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
+    _check_export_precision(cfg, spec)
     return export_run(cfg, corpus, spec, run_name, source=SOURCE_EXPORT_ONLY)
 
 

@@ -37,8 +37,13 @@ label() { docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1"
 
 build_rootfs_image() {
   [[ -n $(label "$ROOTFS_IMAGE" org.bertbc.standin) ]] && return 0
-  command -v debootstrap >/dev/null || die "debootstrap missing (scripts/compose/engine.sh start installs it)"
-  [[ $(id -u) -eq 0 ]] || die "debootstrap needs root"
+  [[ $(id -u) -eq 0 ]] || die "building a STAND-IN base needs root (debootstrap)"
+  if ! command -v debootstrap >/dev/null; then
+    command -v apt-get >/dev/null || die "debootstrap missing and no apt-get to install it"
+    log "installing debootstrap with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+  fi
   local rootfs
   mkdir -p "$CACHE"
   rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
@@ -128,3 +133,5 @@ mkdir -p "$CACHE"
 images=("$@")
 [[ ${#images[@]} -gt 0 ]] || images=("${ALL_IMAGES[@]}")
 for image in "${images[@]}"; do ensure "$image"; done
+# Rebuilt stand-ins leave their old image untagged; remove those (only stand-ins, only untagged ones).
+docker image prune --force --filter label=org.bertbc.standin=true >/dev/null
