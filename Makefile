@@ -13,7 +13,7 @@ SPAWN_RATE ?= 4
 DURATION ?= 30s
 
 .DEFAULT_GOAL := help
-.PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy \
+.PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy bench-windows \
         bench-pipeline bench-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
 # Compose: the CPU override unless this host has an NVIDIA driver (nvidia-smi); COMPOSE_FILES=... to choose.
 COMPOSE_FILES ?= -f docker-compose.yml $(if $(shell command -v nvidia-smi),,-f compose.cpu.yml)
@@ -76,8 +76,11 @@ lint: install ## ruff + hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint trainer/Dockerfile tensorboard/Dockerfile
 
-bench-accuracy: install ## fine-tune on BBC with the default and the seed settings; prints accuracy, F1, time
+bench-accuracy: install ## each configuration x 3 seeds on BBC: mean and range, leakage-free accuracy, errors report
 	$(PY) benchmarks/bench_accuracy.py $(DATA_FLAG)
+
+bench-windows: install ## the newest finished run read over windows vs its head only: accuracy (long docs too), cost
+	$(PY) benchmarks/bench_windows.py --checkpoint-dir checkpoints
 
 bench-pipeline: install ## steps/s: tf.function vs eager, parallel vs serial input, fp32 vs bf16, input wait, FLOP/s
 	$(PY) benchmarks/bench_pipeline.py $(DATA_FLAG)

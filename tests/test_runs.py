@@ -49,7 +49,7 @@ def test_export_only_uses_the_runs_settings_not_todays_defaults(trained, tmp_pat
     assert card["config"]["seq_length"] == cfg.seq_length and card["encoder"]["name"] == "tiny-random"
     assert card["source"] == "export-only" and card["run_name"] == result.run_name
     meta = json.loads((ckpt / result.run_name / "run.json").read_text())
-    assert meta["re_exports"] == [1] and meta["version"] == result.version
+    assert meta["re_exports"][-1] == 1 and meta["version"] == result.version  # earlier tests may re-export too
 
 
 def test_export_only_refuses_flags_that_contradict_the_run(trained, tmp_path):

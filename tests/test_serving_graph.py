@@ -161,3 +161,53 @@ def test_bf16_needs_a_converted_encoder(spec, tmp_path, preprocessor):
         ServingModule(preprocessor, model, CLASSES, precision="bf16")
     with pytest.raises(ValueError, match="precision='fp16'"):
         ServingModule(preprocessor, model, CLASSES, precision="fp16")
+
+
+def test_windows_read_the_whole_text_and_one_window_is_the_head(tiny_encoder):
+    """A keyword only at the END of a long text changes the windowed answer, never the head-only one."""
+    import tensorflow as tf
+
+    from trainer.export import ServingModule
+    from trainer.model import build_classifier
+    from trainer.preprocessing import Preprocessor
+
+    pre = Preprocessor(tiny_encoder.preprocess_handle, seq_length=16)
+    model = build_classifier(tiny_encoder.encoder_handle, 3, seq_length=16, dropout=0.0)
+    dense = model.get_layer("classifier")
+    dense.kernel.assign(tf.random.stateless_normal(dense.kernel.shape, seed=(3, 4)) * 10.0)
+    head = ServingModule(pre, model, ["a", "b", "c"])
+    one = ServingModule(pre, model, ["a", "b", "c"], max_windows=1)
+    many = ServingModule(pre, model, ["a", "b", "c"], max_windows=4, window_overlap=4)
+    start = "the market said that " * 5  # 20 word pieces: more than the 14-piece head
+    texts = tf.constant([start + "shares profit bank economy " * 6, start + "football goal team coach " * 6,
+                         "short text"])
+    head_p = head.serve(texts)["probabilities"].numpy()
+    np.testing.assert_allclose(one.serve(texts)["probabilities"].numpy(), head_p, atol=1e-6)
+    many_p = many.serve(texts)["probabilities"].numpy()
+    np.testing.assert_allclose(head_p[0], head_p[1], atol=1e-6)  # same head: same head-only answer
+    log_p = np.log(np.maximum(many_p, 1e-37))  # a random encoder saturates; compare in log space
+    assert np.abs(log_p[0] - log_p[1]).max() > 1e-2              # different endings: windows see them
+    np.testing.assert_allclose(many_p[2], head_p[2], atol=1e-5)  # a short text is one window = its head
+    features, doc_index = pre.windowed(texts, max_windows=4, overlap=4)
+    assert doc_index.numpy().tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    assert features["input_word_ids"].shape[1] == 16
+
+
+def test_windowed_export_keeps_the_signature_and_op_set(tiny_encoder, tmp_path):
+    import tensorflow as tf
+
+    from trainer.export import ServingModule
+    from trainer.model import build_classifier
+    from trainer.preprocessing import Preprocessor
+
+    pre = Preprocessor(tiny_encoder.preprocess_handle, seq_length=16)
+    model = build_classifier(tiny_encoder.encoder_handle, 3, seq_length=16, dropout=0.0)
+    module = ServingModule(pre, model, ["a", "b", "c"], max_windows=3, window_overlap=4)
+    _, path = export_saved_model(module, tmp_path / "bertbc")
+    opcheck.check_saved_model_ops(str(path))
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    texts = tf.constant(["a long text " * 40, "", "short"])
+    out = serve(text=texts)
+    assert out["probabilities"].shape == (3, 3)
+    np.testing.assert_allclose(out["probabilities"].numpy(), module.serve(texts)["probabilities"].numpy(),
+                               atol=1e-5)

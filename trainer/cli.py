@@ -70,6 +70,12 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--truncation", choices=("head", "head_tail"), default=D.truncation,
                    help="how a longer article is cut to --seq-length: 'head' keeps the start (seed), 'head_tail' "
                         "keeps the first quarter and the last three quarters of the budget (default %(default)s)")
+    g.add_argument("--serve-windows", type=int, default=D.serve_windows,
+                   help="the exported model reads each text in up to N windows of --seq-length (evenly spread "
+                        "from the start to the end, logits averaged) instead of its head only; 1 = head only, as "
+                        "trained (default %(default)s). With --export-only it can differ from the run's")
+    g.add_argument("--window-overlap", type=int, default=D.window_overlap,
+                   help="word pieces shared by consecutive windows when --serve-windows > 1 (default %(default)s)")
     g.add_argument("--dropout", type=float, default=D.dropout, help="dropout before the dense head (default %(default)s)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=D.epochs, help="epochs (default %(default)s; seed 3)")

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from trainer.checkpoints import fsync_dir
 from trainer.model import HEAD_NAME, INPUT_NAMES, with_any_length
+from trainer.windows import mean_over_windows
 
 log = logging.getLogger("bertbc.trainer")
 
@@ -46,13 +47,19 @@ class ServingModule(tf.Module):
       class_names: label strings, index = class id.
       precision: "fp32" runs the classifier as trained; "bf16" runs the encoder's matmuls in bfloat16
         (``trainer.bf16``; only for encoders built by ``trainer.bert_convert``).
+      max_windows: 1 classifies the head of each text (as trained); more reads the whole text in up to this
+        many windows overlapping by ``window_overlap`` word pieces and averages their logits.
     """
 
-    def __init__(self, preprocessor, classifier, class_names: list[str], precision: str = "fp32"):
+    def __init__(self, preprocessor, classifier, class_names: list[str], precision: str = "fp32",
+                 max_windows: int = 1, window_overlap: int = 0):
         super().__init__(name="bertbc")
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
+        if max_windows < 1:
+            raise ValueError(f"max_windows={max_windows} must be >= 1")
         self.precision = precision
+        self.max_windows, self.window_overlap = max_windows, window_overlap
         self.preprocessor = preprocessor
         if precision == "fp32":
             self.classifier = with_any_length(classifier)
@@ -86,8 +93,14 @@ class ServingModule(tf.Module):
         return tf.cast(self.head(pooled), tf.float32)
 
     def _serve(self, text):
-        features = self.preprocessor.bucketed(text)
-        logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
+        if self.max_windows == 1:
+            features = self.preprocessor.bucketed(text)
+            logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
+        else:  # the whole article in windows, logits averaged per document (trainer/windows.py)
+            features, doc_index = self.preprocessor.windowed(text, max_windows=self.max_windows,
+                                                             overlap=self.window_overlap)
+            window_logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
+            logits = mean_over_windows(window_logits, doc_index, tf.shape(text)[0])
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities, "class_id": class_id,

@@ -27,6 +27,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the ops the preprocessor SavedModel uses)
 
+from trainer.windows import split_windows
+
 TRUNCATIONS = ("head", "head_tail")
 SMALLEST_BUCKET = 32
 
@@ -156,6 +158,22 @@ class Preprocessor(tf.Module):
         graph runs, so the bucket is chosen per merged batch: its longest text decides for all.
         """
         return trim_to_bucket(self(texts), bucket_lengths(self.seq_length))
+
+    def windowed(self, texts: tf.Tensor, *, max_windows: int, overlap: int) -> tuple[dict, tf.Tensor]:
+        """texts: string [B] → (dict of int32 [W, L], doc_index int32 [W]): the whole text in windows.
+
+        Each document's word pieces are cut into at most ``max_windows`` windows of ``seq_length - 2``
+        (``trainer.windows``), each packed like a truncated document, and the batch is cut to its bucket as in
+        ``bucketed``. ``max_windows=1`` is head truncation. Called inside the serving graph (not a signature).
+        """
+        windows, doc_index = split_windows(tf.cast(self.wordpieces(texts), tf.int64), budget=self.seq_length - 2,
+                                           overlap=overlap, max_windows=max_windows)
+        packed = self.preprocess.bert_pack_inputs([_as_words(tf.cast(windows, tf.int32))],
+                                                  seq_length=self.seq_length)
+        count = tf.shape(doc_index)[0]
+        features = {k: tf.reshape(tf.cast(packed[k], tf.int32), [count, self.seq_length])
+                    for k in ("input_word_ids", "input_mask", "input_type_ids")}
+        return trim_to_bucket(features, bucket_lengths(self.seq_length)), doc_index
 
 
 def token_lengths(preprocess_handle: str, texts, batch_size: int = 64) -> np.ndarray:

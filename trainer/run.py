@@ -293,7 +293,8 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
                        f"({e}); was the checkpoint folder copied between runs?") from e
     log.info("restored best checkpoint %s (epoch %d, val accuracy %.4f)", ckpt_path, int(state.best_epoch.numpy()),
              float(state.best_val_accuracy.numpy()))
-    module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision)
+    module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
+                           max_windows=cfg.serve_windows, window_overlap=cfg.window_overlap)
     history = Checkpoints(run_ckpt, state).read_history()
     card = build_model_card(cfg, corpus, spec, module, history=history, run_name=run_name,
                             best_epoch=int(state.best_epoch.numpy()),
@@ -347,7 +348,7 @@ def run_to_export(cfg: TrainConfig) -> tuple[str, dict]:
 
 # Settings --export-only takes from today's command line; everything in MODEL_KEYS comes from the run.
 EXPORT_OVERRIDES = ("data_dir", "cache_dir", "checkpoint_dir", "logdir", "model_base_path", "model_name",
-                    "export_precision", "run_name", "export_only")
+                    "export_precision", "serve_windows", "window_overlap", "run_name", "export_only")
 
 
 def export_config(cli_cfg: TrainConfig, recorded: dict, explicit: frozenset[str], run_name: str) -> TrainConfig:
