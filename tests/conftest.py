@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,17 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
+
+
+_COMPOSE_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def compose_interpolate(node):
+    """Resolves compose's `${VAR:-default}` to its default (as if no variable were set) and `$$` to `$`."""
+    if isinstance(node, dict):
+        return {k: compose_interpolate(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [compose_interpolate(v) for v in node]
+    if isinstance(node, str):
+        return _COMPOSE_VAR.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(3) or ""), node)
+    return node

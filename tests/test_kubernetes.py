@@ -28,6 +28,8 @@ import sys
 import pytest
 import yaml
 
+from tests.conftest import compose_interpolate
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the dev extra pins tomli there
@@ -119,20 +121,9 @@ def pins() -> dict[str, str]:
     return found
 
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
-
-
 def compose_service(name: str) -> dict:
     """A service of docker-compose.yml with `${VAR:-default}` resolved to the default and `$$` to `$`."""
-    def interpolate(node):
-        if isinstance(node, dict):
-            return {k: interpolate(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [interpolate(v) for v in node]
-        if isinstance(node, str):
-            return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(2) or ""), node)
-        return node
-    return interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][name])
+    return compose_interpolate(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][name])
 
 
 def parse_models_config(text: str):

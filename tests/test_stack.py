@@ -24,6 +24,8 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
+from tests.conftest import compose_interpolate
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the dev extra pins tomli there
@@ -87,18 +89,7 @@ def merge(base, override):
     return override
 
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-
-
-def interpolate(node):
-    """Resolves `${VAR:-default}` to its default (as if no variable were set) and `$$` to `$`."""
-    if isinstance(node, dict):
-        return {k: interpolate(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [interpolate(v) for v in node]
-    if isinstance(node, str):
-        return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(3) or ""), node)
-    return node
+interpolate = compose_interpolate
 
 
 @pytest.fixture(scope="module")

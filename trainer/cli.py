@@ -91,8 +91,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="use the seed notebook's settings for every flag it set (overrides the flags above)")
     g = p.add_argument_group("hardware")
     g.add_argument("--strategy", choices=("auto", "default", "mirrored"), default=D.strategy,
-                   help="tf.distribute strategy: auto = MirroredStrategy if several GPUs are visible, else one "
-                        "device (default %(default)s)")
+                   help="tf.distribute strategy: auto = MultiWorkerMirroredStrategy if TF_CONFIG names several "
+                        "tasks, else MirroredStrategy if several GPUs are visible, else one device (default "
+                        "%(default)s)")
     g.add_argument("--logical-cpus", type=int, default=D.logical_cpus,
                    help="split the CPU into N logical devices (tests MirroredStrategy without GPUs; default off)")
     g.add_argument("--deterministic", action="store_true",
