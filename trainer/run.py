@@ -294,7 +294,7 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
     log.info("restored best checkpoint %s (epoch %d, val accuracy %.4f)", ckpt_path, int(state.best_epoch.numpy()),
              float(state.best_val_accuracy.numpy()))
     module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
-                           max_windows=cfg.serve_windows, window_overlap=cfg.window_overlap)
+                           max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens)
     history = Checkpoints(run_ckpt, state).read_history()
     card = build_model_card(cfg, corpus, spec, module, history=history, run_name=run_name,
                             best_epoch=int(state.best_epoch.numpy()),
