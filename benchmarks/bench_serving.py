@@ -206,18 +206,24 @@ def measure_preprocess_share(version_dir: pathlib.Path, text: str, runs: int) ->
         "preprocess": lambda: preprocess(texts),
         "classifier": lambda: classify(features),
     }
-    timings: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(3):  # warm-up: tracing, first-run allocations
-        for call in calls.values():
-            _block(call())
-    for _ in range(runs):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            _block(call())
-            timings[name].append(time.perf_counter() - start)
+    timings = interleaved_timings(calls, runs)
     full_ms, pre_ms, cls_ms = (_median_ms(timings[k]) for k in ("full", "preprocess", "classifier"))
     return PreprocessShare(runs=runs, text_chars=len(text), full_ms=full_ms, preprocess_ms=pre_ms,
                            classifier_ms=cls_ms, preprocess_share=pre_ms / full_ms if full_ms else 0.0)
+
+
+def interleaved_timings(calls: dict, runs: int, warmup: int = 3) -> dict:
+    """Seconds per call for each named call, timed round-robin (so load drift hits all alike) after a warm-up."""
+    for _ in range(warmup):  # tracing, first-run allocations
+        for call in calls.values():
+            _block(call())
+    timings = {key: [] for key in calls}
+    for _ in range(runs):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            _block(call())
+            timings[key].append(time.perf_counter() - start)
+    return timings
 
 
 SHORT_TEXT = "Shares in BP rose 3%."  # the issue's headline: 8 word pieces
@@ -258,15 +264,7 @@ def measure_lengths(version_dirs: dict[str, pathlib.Path], texts: dict[str, list
         for kind, batch in texts.items():
             tensor = tf.constant(batch)
             calls[(precision, kind)] = (lambda f, t: lambda: f(text=t))(serve, tensor)
-    timings: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-    for _ in range(3):
-        for call in calls.values():
-            _block(call())
-    for _ in range(runs):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            _block(call())
-            timings[key].append(time.perf_counter() - start)
+    timings = interleaved_timings(calls, runs)
     rows = []
     for kind, batch in texts.items():
         tensor = tf.constant(batch)

@@ -122,11 +122,11 @@ def deterministic_encoder(tmp_path_factory, tiny_encoder) -> tuple[str, str]:
     return str(path), tiny_encoder.preprocess_handle
 
 
-def model_weights(checkpoint_prefix: str) -> dict[str, object]:
-    """Every model variable of a checkpoint (optimizer slots and counters left out), by checkpoint key."""
+def latest_weights(run_dir: Path) -> dict[str, object]:
+    """Every model variable of a run's latest/ checkpoint (optimizer slots and counters left out), by key."""
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(checkpoint_prefix)
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(Path(run_dir) / "latest")))
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
             if k.startswith("model/") and "OPTIMIZER_SLOT" not in k}
 

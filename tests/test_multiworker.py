@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tests.conftest import REPO_ROOT, model_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
+from tests.conftest import REPO_ROOT, latest_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
 from trainer.distributed import ClusterError, cluster_from_env
 
 WORKER_TIMEOUT_S = 420
@@ -101,8 +100,8 @@ def test_two_workers_train_publish_once_and_match_one_process(setup, tmp_path, c
     done = run_trainer(_flags(single, encoder, preprocess))
     assert done.returncode == 0, done.stderr[-3000:]
     single_run = next(Path(single.checkpoint_dir).iterdir())
-    want = model_weights(tf.train.latest_checkpoint(str(single_run / "latest")))
-    got = model_weights(tf.train.latest_checkpoint(str(runs[0] / "latest")))
+    want = latest_weights(single_run)
+    got = latest_weights(runs[0])
     assert want.keys() == got.keys()
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=2e-5, err_msg=key)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tests.conftest import model_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
+from tests.conftest import latest_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def replica_runs(tmp_path_factory, cache_dir, deterministic_encoder):
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{replicas} replica(s)" in done.stderr
         run_dir = next(Path(cfg.checkpoint_dir).iterdir())
-        weights[replicas] = model_weights(tf.train.latest_checkpoint(str(run_dir / "latest")))
+        weights[replicas] = latest_weights(run_dir)
     return weights
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from tests.conftest import model_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
+from tests.conftest import latest_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
 
 
 def _train(tmp: Path, corpus: Path, cache_dir, *extra: str) -> dict:
@@ -15,7 +14,7 @@ def _train(tmp: Path, corpus: Path, cache_dir, *extra: str) -> dict:
     done = run_trainer([*trainer_flags(cfg), *extra])
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = next(Path(cfg.checkpoint_dir).iterdir())
-    return model_weights(tf.train.latest_checkpoint(str(run_dir / "latest")))
+    return latest_weights(run_dir)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path, cache_dir, tiny_encoder):

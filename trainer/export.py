@@ -163,21 +163,19 @@ def export_saved_model(module: ServingModule, base_path: str | Path, *, write_ex
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the server (another uid) must read the version
-    lock = open(tmp / _LOCK, "w")  # noqa: SIM115 (held until the rename)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
-        if write_extras is not None:
-            write_extras(tmp)
-        os.unlink(tmp / _LOCK)  # not part of the version; the open descriptor keeps the lock until the rename
-        _fsync_tree(tmp)
-        version, target = publish(tmp, base)
-        fsync_dir(base)
+        with open(tmp / _LOCK, "w") as lock:  # held until the rename
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
+            if write_extras is not None:
+                write_extras(tmp)
+            os.unlink(tmp / _LOCK)  # not part of the version; the open descriptor keeps the lock
+            _fsync_tree(tmp)
+            version, target = publish(tmp, base)
+            fsync_dir(base)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        lock.close()
     log.info("exported version %d to %s", version, target)
     return version, target
 

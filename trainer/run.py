@@ -138,13 +138,11 @@ def _choose_run_everywhere(cfg: TrainConfig, settings: dict, strategy, cluster) 
     if cluster.is_chief:
         try:
             name, resumed = choose_run(cfg, settings)
-            decision = f"{int(resumed)}{name}"
         except RunError as e:
-            decision = "!" + str(e)[:200]
-            if not cluster.multi_worker:
-                raise
-            distributed.broadcast_string(strategy, decision)
+            if cluster.multi_worker:  # the others are waiting in the broadcast: tell them why, then fail too
+                distributed.broadcast_string(strategy, "!" + str(e).encode()[:200].decode(errors="ignore"))
             raise
+        decision = f"{int(resumed)}{name}"
     if cluster.multi_worker:
         decision = distributed.broadcast_string(strategy, decision)
         if decision.startswith("!"):
