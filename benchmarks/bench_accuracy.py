@@ -29,6 +29,7 @@ from machine import machine_line  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "default": [],
+    "head-validation": ["--val-windows", "1"],
     "seed-notebook": ["--seed-notebook"],
     "head-tail": ["--truncation", "head_tail"],
 }

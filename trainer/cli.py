@@ -80,8 +80,12 @@ def train_parser() -> argparse.ArgumentParser:
                         "fits one window costs the same either way (default %(default)s, measured best on BBC). "
                         "With --export-only it may differ from the run's")
     g.add_argument("--window-overlap", type=_int_or_auto, default=D.window_overlap,
-                   help="word pieces shared by consecutive windows when --serve-windows > 1 (default a quarter "
-                        "of --seq-length: 64 at 256)")
+                   help="word pieces shared by consecutive windows when --serve-windows or --val-windows > 1 "
+                        "(default a quarter of --seq-length: 64 at 256)")
+    g.add_argument("--val-windows", type=int, default=D.val_windows,
+                   help="validation reads each document in up to N windows, logits averaged, like the exported "
+                        "model; the best checkpoint is chosen by that accuracy. 1 = the head only (default "
+                        "%(default)s; --seed-notebook: 1)")
     g.add_argument("--dropout", type=float, default=D.dropout, help="dropout before the dense head (default %(default)s)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=D.epochs, help="epochs (default %(default)s; seed 3)")

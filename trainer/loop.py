@@ -20,6 +20,7 @@ from trainer import faults, summaries
 from trainer.checkpoints import Checkpoints, make_state
 from trainer.model import HEAD_NAME
 from trainer.schedule import Schedule
+from trainer.windows import mean_over_windows
 
 log = logging.getLogger("bertbc.trainer")
 
@@ -31,11 +32,9 @@ class Steps:
     val_step: tf.types.experimental.GenericFunction
     train_loss: tf_keras.metrics.Mean
     train_accuracy: tf_keras.metrics.SparseCategoricalAccuracy
-    val_loss: tf_keras.metrics.Mean
-    val_accuracy: tf_keras.metrics.SparseCategoricalAccuracy
 
     def reset(self) -> None:
-        for metric in (self.train_loss, self.train_accuracy, self.val_loss, self.val_accuracy):
+        for metric in (self.train_loss, self.train_accuracy):
             metric.reset_state()
 
 
@@ -48,8 +47,6 @@ def make_steps(strategy, model, optimizer, *, loss_scaling: bool = False, compil
         from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
     train_loss = tf_keras.metrics.Mean("loss")
     train_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("accuracy")
-    val_loss = tf_keras.metrics.Mean("val_loss")
-    val_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("val_accuracy")
 
     def train_replica(features, labels):
         # Replicas may get unequal shares of a global batch (batch 16 on 3 devices, a short last batch), so the
@@ -69,22 +66,43 @@ def make_steps(strategy, model, optimizer, *, loss_scaling: bool = False, compil
         train_accuracy.update_state(labels, logits)
         return loss
 
-    def val_replica(features, labels):
-        logits = tf.cast(model(features, training=False), tf.float32)
-        val_loss.update_state(loss_fn(labels, logits))
-        val_accuracy.update_state(labels, logits)
-        return labels, tf.argmax(logits, axis=-1, output_type=tf.int32)
+    def val_replica(features, doc_ids, labels):
+        return doc_ids, labels, tf.cast(model(features, training=False), tf.float32)
 
     def train_step(batch):
         per_replica = strategy.run(train_replica, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def val_step(batch):
-        labels, predictions = strategy.run(val_replica, args=batch)
-        return strategy.gather(labels, axis=0), strategy.gather(predictions, axis=0)
+        """One batch of validation windows -> (doc_ids, labels, logits) of all replicas (windows, not docs)."""
+        per_replica = strategy.run(val_replica, args=batch)
+        return tuple(strategy.gather(t, axis=0) for t in per_replica)
 
     wrap = tf.function if compiled else (lambda f: f)
-    return Steps(wrap(train_step), wrap(val_step), train_loss, train_accuracy, val_loss, val_accuracy)
+    return Steps(wrap(train_step), wrap(val_step), train_loss, train_accuracy)
+
+
+def evaluate(steps: Steps, dist_val, num_docs: int, num_classes: int) -> tuple[dict, np.ndarray]:
+    """Validation as served: every window classified, each document's logits averaged over its windows.
+
+    Returns ({"loss", "accuracy"} over documents, int64 confusion matrix [C, C]).
+    """
+    ids, labels, logits = ([], [], [])
+    for batch in dist_val:
+        for out, part in zip((ids, labels, logits), steps.val_step(batch), strict=True):
+            out.append(part)
+    ids, labels, logits = (tf.concat(x, axis=0) for x in (ids, labels, logits))
+    doc_logits = mean_over_windows(logits, ids, num_docs)  # the serving graph's rule (trainer/windows.py)
+    doc_labels = tf.math.unsorted_segment_max(labels, ids, num_docs)
+    seen = tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, num_docs)
+    if int(tf.reduce_min(seen)) < 1:
+        raise RuntimeError(f"validation saw {int(tf.reduce_sum(tf.cast(seen > 0, tf.int32)))} of {num_docs} "
+                           "documents: the validation dataset lost windows")
+    loss = tf_keras.losses.sparse_categorical_crossentropy(doc_labels, doc_logits, from_logits=True)
+    predictions = tf.argmax(doc_logits, axis=-1, output_type=tf.int32)
+    confusion = tf.math.confusion_matrix(doc_labels, predictions, num_classes=num_classes, dtype=tf.int64).numpy()
+    accuracy = float(np.trace(confusion) / num_docs)
+    return {"loss": float(tf.reduce_mean(loss)), "accuracy": accuracy}, confusion
 
 
 def head_adam_moments(optimizer, model) -> dict[str, tuple[tf.Variable, tf.Variable]]:
@@ -128,6 +146,7 @@ def run_epochs(
     checkpoints: Checkpoints,
     make_train_ds,
     val_ds,
+    num_val_docs: int,
     epochs: int,
     num_classes: int,
     class_names: list[str],
@@ -141,6 +160,7 @@ def run_epochs(
     Args:
       make_train_ds: epoch index -> tf.data.Dataset (a per-epoch seed keeps resumed runs identical to
         uninterrupted ones).
+      val_ds: validation windows (`pipeline.make_eval_dataset`) of `num_val_docs` documents.
       schedule: the run's stored learning-rate schedule (for logging the rate each step actually used).
       show_progress: the tqdm bar (only the chief of a multi-worker job shows one).
     """
@@ -164,13 +184,8 @@ def run_epochs(
             if step % steps_per_summary == 0:
                 logger.step(step, loss, schedule.rate_at(step - 1))
         bar.close()
-        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        for batch in dist_val:
-            labels, predictions = steps.val_step(batch)
-            confusion += tf.math.confusion_matrix(labels, predictions, num_classes=num_classes,
-                                                  dtype=tf.int64).numpy()
+        val, confusion = evaluate(steps, dist_val, num_val_docs, num_classes)
         train = {"loss": float(steps.train_loss.result()), "accuracy": float(steps.train_accuracy.result())}
-        val = {"loss": float(steps.val_loss.result()), "accuracy": float(steps.val_accuracy.result())}
         logger.epoch(epoch, train, val)
         logger.adam_moments(epoch, head_adam_moments(optimizer, model))
         logger.confusion(epoch, confusion, class_names)

@@ -159,12 +159,14 @@ class Preprocessor(tf.Module):
         """
         return trim_to_bucket(self(texts), bucket_lengths(self.seq_length))
 
-    def windowed(self, texts: tf.Tensor, *, max_windows: int, overlap: int) -> tuple[dict, tf.Tensor]:
+    def windowed(self, texts: tf.Tensor, *, max_windows: int, overlap: int,
+                 bucket: bool = True) -> tuple[dict, tf.Tensor]:
         """texts: string [B] → (dict of int32 [W, L], doc_index int32 [W]): the whole text in windows.
 
         Each document's word pieces are cut into at most ``max_windows`` windows of ``seq_length - 2``
-        (``trainer.windows``), each packed like a truncated document, and the batch is cut to its bucket as in
-        ``bucketed``. ``max_windows=1`` is head truncation. Called inside the serving graph (not a signature).
+        (``trainer.windows``), each packed like a truncated document, and (``bucket``) the batch is cut to its
+        bucket as in ``bucketed``; ``bucket=False`` keeps L = seq_length (validation batches windows of several
+        calls together). ``max_windows=1`` is head truncation. Used inside graphs (not a signature).
         """
         windows, doc_index = split_windows(tf.cast(self.wordpieces(texts), tf.int64), budget=self.seq_length - 2,
                                            overlap=overlap, max_windows=max_windows)
@@ -173,7 +175,9 @@ class Preprocessor(tf.Module):
         count = tf.shape(doc_index)[0]
         features = {k: tf.reshape(tf.cast(packed[k], tf.int32), [count, self.seq_length])
                     for k in ("input_word_ids", "input_mask", "input_type_ids")}
-        return trim_to_bucket(features, bucket_lengths(self.seq_length)), doc_index
+        if bucket:
+            features = trim_to_bucket(features, bucket_lengths(self.seq_length))
+        return features, doc_index
 
 
 def token_lengths(preprocess_handle: str, texts, batch_size: int = 64) -> np.ndarray:

@@ -92,14 +92,25 @@ def describe_differences(old: dict, new: dict) -> str:
     return ", ".join(parts)
 
 
+# Settings added after runs were recorded, with the value such older runs were trained with.
+_BEFORE_RECORDED = {"val_windows": 1}
+
+
+def _with_legacy_settings(meta: dict) -> dict:
+    for part in ("settings", "config"):
+        if part in meta:
+            meta[part] = {**_BEFORE_RECORDED, **meta[part]}
+    return meta
+
+
 def _read_run(run_dir: Path) -> dict | None:
     path = run_dir / "run.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return _with_legacy_settings(json.loads(path.read_text())) if path.exists() else None
 
 
 def _runs(root: Path) -> list[tuple[Path, dict]]:
     """(folder, run.json) of every run under `root`, newest started first."""
-    runs = [(p.parent, json.loads(p.read_text())) for p in root.glob("*/run.json")]
+    runs = [(p.parent, _with_legacy_settings(json.loads(p.read_text()))) for p in root.glob("*/run.json")]
     return sorted(runs, key=lambda r: (r[1].get("started", ""), r[0].stat().st_mtime), reverse=True)
 
 
@@ -191,16 +202,19 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         log.info("resuming run %s after epoch %d (best val accuracy %.4f at epoch %d)", run_name,
                  int(state.epoch.numpy()), float(state.best_val_accuracy.numpy()), int(state.best_epoch.numpy()))
     else:
-        log.info("starting run %s: %d train / %d val docs, %d steps per epoch, %d replica(s)", run_name,
-                 len(corpus.train_texts), len(corpus.val_texts), schedule.steps_per_epoch,
-                 strategy.num_replicas_in_sync)
+        log.info("starting run %s: %d train / %d val docs (validated in up to %d window(s) each), %d steps per "
+                 "epoch, %d replica(s)", run_name, len(corpus.train_texts), len(corpus.val_texts), cfg.val_windows,
+                 schedule.steps_per_epoch, strategy.num_replicas_in_sync)
     logger = summaries.RunLogger(Path(cfg.logdir) / run_name, enabled=cluster.is_chief)
-    val_ds = make_eval_dataset(corpus.val_texts, corpus.val_labels, preprocessor, batch_size=cfg.batch_size)
+    val_ds = make_eval_dataset(
+        corpus.val_texts, corpus.val_labels,
+        lambda t: preprocessor.windowed(t, max_windows=cfg.val_windows, overlap=cfg.overlap_tokens, bucket=False),
+        batch_size=cfg.batch_size)
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
         make_train_ds=lambda epoch: make_train_dataset(corpus.train_texts, corpus.train_labels, preprocessor,
                                                        batch_size=cfg.batch_size, seed=cfg.seed + epoch),
-        val_ds=val_ds, epochs=cfg.epochs, num_classes=num_classes, class_names=list(corpus.class_names),
+        val_ds=val_ds, num_val_docs=len(corpus.val_texts), epochs=cfg.epochs, num_classes=num_classes, class_names=list(corpus.class_names),
         logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
         show_progress=cluster.is_chief)
     best = float(state.best_val_accuracy.numpy())
