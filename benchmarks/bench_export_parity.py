@@ -9,6 +9,9 @@ their headlines (the first line of each BBC file, mostly <= 32 word pieces, so t
    probabilities within 1e-4.
 2. **bf16 vs fp32** (with ``--bf16-model-base-path``): label agreement of the two exports' ``serving_default``
    on the same documents; needs >= 99.5 %. Also prints each export's accuracy against the true labels.
+3. **Against another export of the same run** (with ``--reference-model-base-path``, e.g. one made by an
+   older bertbc whose graph ran the trained Keras model instead of the rebuilt encoder of
+   ``trainer/serving_encoder.py``): full-length probabilities within 1e-4 and identical labels.
 
 Usage::
 
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the same run exported with --export-precision bf16 (adds the bf16 agreement check)")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "bbc"),
                    help="BBC corpus folder (class folders of .txt; default ../shared/data/bbc)")
+    p.add_argument("--reference-model-base-path", type=pathlib.Path, default=None,
+                   help="another fp32 export of the same run (its newest version) to compare with (check 3)")
     args = p.parse_args(argv)
 
     import tensorflow as tf
@@ -121,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{BF16_MIN_AGREEMENT:.1%} on documents), max |probability difference| "
                   f"{float(np.abs(got - served[name]).max()):.2e}; accuracy bf16 {(got.argmax(1) == truth).mean():.4f}"
                   f" vs fp32 {(served[name].argmax(1) == truth).mean():.4f} -> {'OK' if good else 'FAIL'}")
+    if args.reference_model_base_path:
+        reference_dir = latest_version(args.reference_model_base_path)
+        reference = tf.saved_model.load(str(reference_dir))
+        print(f"\nreference export: {reference_dir}")
+        for name, texts in sets.items():
+            want, got = full_length(reference, texts), full_length(fp32, texts)
+            same = int((got.argmax(1) == want.argmax(1)).sum())
+            diff = float(np.abs(got - want).max())
+            good = same == len(texts) and diff <= PROB_TOLERANCE
+            ok &= good
+            print(f"{name} ({len(texts)}): fp32 export vs reference, full length: labels identical {same}/"
+                  f"{len(texts)}, max |probability difference| {diff:.2e} -> {'OK' if good else 'FAIL'}")
     print("\nPARITY OK" if ok else "\nPARITY FAILED")
     return 0 if ok else 1
 

@@ -8,9 +8,10 @@
    token ids) and the classifier fed those pre-tokenized ids. Reports medians and the preprocessing share
    of a single request's model time (HTTP/JSON overhead excluded).
 3. Length buckets x precision, in-process and interleaved in one run: a short headline (<= 32 word pieces), a
-   medium text and a full-length article through ``serving_default`` of the fp32 export and, if given, of the
+   medium text, a text filling exactly one window and a whole long article (read in up to the export's
+   ``--serve-windows`` windows) through ``serving_default`` of the fp32 export and, if given, of the
    bf16 export (``--bf16-model-base-path``; make one with ``python -m trainer --export-only
-   --export-precision bf16 --model-base-path models/bertbc-bf16``), plus batches of 16 full-length articles
+   --export-precision bf16 --model-base-path models/bertbc-bf16``), plus batches of 16 one-window texts
    (texts/s). Prints medians, the long/short ratio per precision, bf16's speed-up, and the CPU's name and
    bf16 features (/proc/cpuinfo), so the README table can be pasted from one run.
 
@@ -242,22 +243,44 @@ class LengthRow:
     ms: dict  # precision -> median ms per call
 
 
-def length_texts(texts_dir: str) -> dict[str, list[str]]:
-    """short (one headline), medium, long (full length: all request texts joined) and a batch of 16 long."""
+def length_texts(texts_dir: str, preprocessor) -> dict[str, list[str]]:
+    """The texts of the length table, cut from the request texts (all joined into one long article):
+
+    short        the issue's headline (<= 32 word pieces: the smallest bucket)
+    medium       the article's first 60 words (a 128 bucket)
+    one window   as many leading words as fit one window of the trained length (the most a head-only model
+                 reads, and what one window costs)
+    whole        the whole joined article: the export reads it in up to --serve-windows windows
+    batch        16 one-window texts in one request
+    """
+    import tensorflow as tf
+
     root = pathlib.Path(texts_dir) if texts_dir else BUILTIN_TEXTS
     long = " ".join(p.read_bytes().decode("utf-8", errors="replace").strip() for p in sorted(root.rglob("*.txt")))
-    medium = " ".join(long.split()[:MEDIUM_WORDS])
-    return {"short": [SHORT_TEXT], "medium": [medium], "long": [long], f"long x{BATCH}": [long] * BATCH}
+    words = long.split()
+    full = int(preprocessor(tf.constant([""]))["input_mask"].shape[1])
+
+    def fits(n: int) -> bool:  # [CLS] + word pieces + [SEP] shorter than the trained length: nothing cut
+        return int(tf.reduce_sum(preprocessor(tf.constant([" ".join(words[:n])]))["input_mask"])) < full
+
+    low, high = 1, len(words)  # the largest n that fits (word pieces grow with n)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    window = " ".join(words[:low])
+    medium = " ".join(words[:MEDIUM_WORDS])
+    return {"short": [SHORT_TEXT], "medium": [medium], "one window": [window], "whole article": [long],
+            f"one window x{BATCH}": [window] * BATCH}
 
 
-def measure_lengths(version_dirs: dict[str, pathlib.Path], texts: dict[str, list[str]],
-                    runs: int) -> list[LengthRow]:
+def measure_lengths(version_dirs: dict[str, pathlib.Path], texts_dir: str, runs: int) -> list[LengthRow]:
     """Times ``serving_default`` for every (precision, text) pair, interleaved round-robin in one process."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
 
     loaded = {name: tf.saved_model.load(str(path)) for name, path in version_dirs.items()}
     first = next(iter(loaded.values()))
+    texts = length_texts(texts_dir, first.preprocessor)
     calls = {}
     for precision, model in loaded.items():
         serve = model.signatures["serving_default"]
@@ -268,7 +291,7 @@ def measure_lengths(version_dirs: dict[str, pathlib.Path], texts: dict[str, list
     rows = []
     for kind, batch in texts.items():
         tensor = tf.constant(batch)
-        pieces = int(tf.reduce_max(tf.reduce_sum(first.preprocessor(tensor)["input_mask"], axis=1))) - 2
+        pieces = int(tf.reduce_max(first.preprocessor.preprocess.tokenize(tensor).merge_dims(-2, -1).row_lengths()))
         bucketed = getattr(first.preprocessor, "bucketed", first.preprocessor)
         rows.append(LengthRow(name=kind, texts=len(batch), word_pieces=pieces,
                               packed_length=int(bucketed(tensor)["input_mask"].shape[1]),
@@ -333,10 +356,12 @@ def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs
     batch = next(r for r in rows if r.texts > 1)
     print("| " + f"{batch.name}, texts/s" + " | | | " + " | ".join(
         f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + (" | |" if "bf16" in versions else " |"))
+    print("(word pieces: of the text, untruncated; packed to: the bucket of the first window)")
     for p in precisions:
-        ratio = by_name["long"].ms[p] / by_name["short"].ms[p]
-        print(f"{p}: a short text costs 1/{ratio:.1f} of a full-length one "
-              f"({by_name['short'].ms[p]:.1f} vs {by_name['long'].ms[p]:.1f} ms)")
+        short = by_name["short"].ms[p]
+        print(f"{p}: a short text costs 1/{by_name['one window'].ms[p] / short:.1f} of one full window "
+              f"({short:.1f} vs {by_name['one window'].ms[p]:.1f} ms) and 1/{by_name['whole article'].ms[p] / short:.1f}"
+              f" of the whole article as this export reads it ({by_name['whole article'].ms[p]:.1f} ms)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -389,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bf16_model_base_path:
         versions["bf16"] = latest_version(args.bf16_model_base_path)
     if not args.skip_lengths:
-        lengths = measure_lengths(versions, length_texts(args.texts_dir), args.runs)
+        lengths = measure_lengths(versions, args.texts_dir, args.runs)
     print_report(load, share, args.seconds)
     if lengths:
         print_lengths(lengths, versions, args.runs)

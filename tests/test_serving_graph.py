@@ -15,7 +15,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from trainer import opcheck
 from trainer.encoders import resolve_encoder
 from trainer.export import ServingModule, export_saved_model
-from trainer.model import INPUT_NAMES, build_classifier
+from trainer.model import INPUT_NAMES, build_classifier, with_any_length
 from trainer.preprocessing import Preprocessor
 
 SEQ = 128
@@ -124,6 +124,30 @@ def test_signature_is_unchanged(exports, precision):
                        "label": (tf.string, [None])}
 
 
+def _ops_per_function(export_dir) -> list[list[str]]:
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())
+    return [[n.op for n in f.node_def] for g in saved_model.meta_graphs for f in g.graph_def.library.function]
+
+
+def test_fp32_serving_graph_is_the_trained_model_with_fused_ops(exports, fp32, classifier):
+    """The export rebuilds the encoder (trainer/serving_encoder.py): same logits as the trained Keras model at
+    every bucket length, but 2-D MatMul + BiasAdd dense layers, one Q/K/V matmul and no pooler (mean pooling)."""
+    for texts in (["Shares rose."], ["word " * 40, "Shares rose."], ["word " * 5000, ""]):
+        features = fp32.preprocessor.bucketed(tf.constant(texts))
+        want = with_any_length(classifier)(features, training=False).numpy()
+        got = fp32.classify_features(*(features[name] for name in INPUT_NAMES)).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)  # float rounding
+    layers = 2  # the tiny encoder
+    classifying = [ops for ops in _ops_per_function(exports["fp32"]) if "MatMul" in ops]
+    assert classifying, "no function of the export runs the encoder"
+    for ops in classifying:  # the serving signature and classify_features
+        assert "Einsum" not in ops
+        assert ops.count("MatMul") == 4 * layers + 1, ops.count("MatMul")  # qkv, attn out, intermediate, out; head
+        assert ops.count("BiasAdd") == 4 * layers + 1
+        assert ops.count("Transpose") == 2 * layers
+
+
 def _bf16_ops(export_dir) -> set[str]:
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())
@@ -133,7 +157,7 @@ def _bf16_ops(export_dir) -> set[str]:
 
 def test_bf16_export_computes_in_bf16_and_agrees(exports, fp32):
     # The casts are in the saved graph itself (TF Serving applies no session-level mixed precision).
-    assert {"Einsum", "BatchMatMulV2"} <= _bf16_ops(exports["bf16"])
+    assert {"MatMul", "BatchMatMulV2"} <= _bf16_ops(exports["bf16"])
     assert not _bf16_ops(exports["fp32"]) & {"Einsum", "BatchMatMulV2", "MatMul"}
     bf16 = tf.saved_model.load(str(exports["bf16"]))
     texts = tf.constant(TEXTS)

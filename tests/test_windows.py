@@ -57,3 +57,38 @@ def test_mean_over_windows():
     logits = tf.constant([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
     out = mean_over_windows(logits, tf.constant([0, 0, 1]), tf.constant(2))
     np.testing.assert_allclose(out.numpy(), [[2.0, 1.0], [5.0, 5.0]])
+
+
+def test_validation_scores_documents_as_the_export_serves_them(tiny_encoder, toy_corpus_dir):
+    """The trainer's validation (windows classified in batches that mix documents, logits averaged per document
+    on the host) must give the exported serving graph's probabilities, so the checkpoint it picks is the best
+    served model. The head-only export is the control: with several windows per document it must differ."""
+    from trainer.data import load_corpus
+    from trainer.export import ServingModule
+    from trainer.loop import evaluate, make_steps
+    from trainer.model import build_classifier
+    from trainer.pipeline import make_eval_dataset
+    from trainer.preprocessing import Preprocessor
+
+    corpus = load_corpus(toy_corpus_dir, validation_split=0.2, seed=42)
+    texts, labels = list(corpus.val_texts), list(corpus.val_labels)
+    seq_length, windows, overlap = 16, 3, 4  # toy documents (~35 word pieces) need 3 windows of 14
+    pre = Preprocessor(tiny_encoder.preprocess_handle, seq_length=seq_length)
+    strategy = tf.distribute.get_strategy()
+    model = build_classifier(tiny_encoder.encoder_handle, len(corpus.class_names), seq_length=seq_length,
+                             pooling="mean", dropout=0.1)
+    steps = make_steps(strategy, model, optimizer=None)
+    val_ds = make_eval_dataset(texts, labels, lambda t: pre.windowed(t, max_windows=windows, overlap=overlap,
+                                                                       bucket=False), batch_size=5)
+    result = evaluate(steps, strategy.experimental_distribute_dataset(val_ds), len(texts), len(corpus.class_names))
+
+    served = ServingModule(pre, model, list(corpus.class_names), max_windows=windows, window_overlap=overlap)
+    probabilities = served.serve(tf.constant(texts))["probabilities"].numpy()
+    np.testing.assert_allclose(tf.nn.softmax(result.doc_logits).numpy(), probabilities, atol=1e-5)
+    predicted = probabilities.argmax(axis=-1)
+    assert result.accuracy == pytest.approx(float(np.mean(predicted == np.asarray(labels))))
+    assert result.confusion.sum() == len(texts)
+
+    head = ServingModule(pre, model, list(corpus.class_names), max_windows=1)
+    head_probabilities = head.serve(tf.constant(texts))["probabilities"].numpy()
+    assert not np.allclose(head_probabilities, probabilities, atol=1e-5), "documents fit one window: no control"

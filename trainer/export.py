@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from trainer.checkpoints import fsync_dir
 from trainer.model import HEAD_NAME, INPUT_NAMES, with_any_length
+from trainer.serving_encoder import ServingEncoder, encoder_config
 from trainer.windows import mean_over_windows
 
 log = logging.getLogger("bertbc.trainer")
@@ -45,8 +46,9 @@ class ServingModule(tf.Module):
       preprocessor: a ``trainer.preprocessing.Preprocessor``.
       classifier: the trained model from ``trainer.model.build_classifier``.
       class_names: label strings, index = class id.
-      precision: "fp32" runs the classifier as trained; "bf16" runs the encoder's matmuls in bfloat16
-        (``trainer.bf16``; only for encoders built by ``trainer.bert_convert``).
+      precision: "fp32" or "bf16" numerics of the encoder's matmuls. An encoder built by
+        ``trainer.bert_convert`` is rebuilt for serving in either precision (``trainer.serving_encoder``: fused
+        ops, same math); any other encoder (TF Hub) is served through the Keras model as trained, fp32 only.
       max_windows: 1 classifies the head of each text (as trained); more reads the whole text in up to this
         many windows overlapping by ``window_overlap`` word pieces and averages their logits.
     """
@@ -61,35 +63,35 @@ class ServingModule(tf.Module):
         self.precision = precision
         self.max_windows, self.window_overlap = max_windows, window_overlap
         self.preprocessor = preprocessor
-        if precision == "fp32":
+        encoder = classifier.get_layer("encoder")
+        try:
+            config = encoder_config(encoder._handle)
+        except ValueError:
+            if precision != "fp32":
+                raise
+            self.encoder = None  # a TF Hub encoder: the Keras model as trained
             self.classifier = with_any_length(classifier)
         else:
-            self._build_bf16(classifier)
+            dtype = tf.float32 if precision == "fp32" else tf.bfloat16
+            self.encoder = ServingEncoder(config, encoder.variables, dtype)
+            names = {layer.name for layer in classifier.layers}
+            self.pooling = classifier.get_layer("mean_pooling") if "mean_pooling" in names else None
+            self.head = classifier.get_layer(HEAD_NAME)
         self.class_names = tf.Variable(class_names, dtype=tf.string, trainable=False, name="class_names")
         spec = tf.TensorSpec([None, None], tf.int32)
         self.classify_features = tf.function(self._classify_features,
                                              input_signature=[spec, spec, spec])
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
 
-    def _build_bf16(self, classifier) -> None:
-        """Keeps only what the bf16 graph uses: a bf16 encoder copy, the float32 pooling and head."""
-        from trainer.bf16 import Bf16BertEncoder, encoder_config  # noqa: PLC0415 (fp32 exports never need it)
-
-        encoder = classifier.get_layer("encoder")
-        self.encoder = Bf16BertEncoder.from_trained(encoder_config(encoder._handle), encoder.variables)
-        names = {layer.name for layer in classifier.layers}
-        self.pooling = classifier.get_layer("mean_pooling") if "mean_pooling" in names else None
-        self.head = classifier.get_layer(HEAD_NAME)
-
     def _classify_features(self, input_word_ids, input_mask, input_type_ids):
-        features = dict(zip(INPUT_NAMES, (input_word_ids, input_mask, input_type_ids), strict=True))
-        if self.precision == "fp32":
+        if self.encoder is None:
+            features = dict(zip(INPUT_NAMES, (input_word_ids, input_mask, input_type_ids), strict=True))
             return tf.cast(self.classifier(features, training=False), tf.float32)
-        outputs = self.encoder.forward(features, training=False)
         if self.pooling is None:
-            pooled = tf.cast(outputs["pooled_output"], tf.float32)
+            _, pooled = self.encoder.forward(input_word_ids, input_mask, input_type_ids, pooled=True)
         else:
-            pooled = self.pooling(tf.cast(outputs["sequence_output"], tf.float32), input_mask)
+            sequence = self.encoder.forward(input_word_ids, input_mask, input_type_ids)
+            pooled = self.pooling(sequence, input_mask)
         return tf.cast(self.head(pooled), tf.float32)
 
     def _serve(self, text):
@@ -105,6 +107,22 @@ class ServingModule(tf.Module):
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities, "class_id": class_id,
                 "label": tf.gather(self.class_names, class_id)}
+
+
+def check_rebuild(module: ServingModule, classifier, features: dict[str, tf.Tensor], tolerance: float = 1e-4) -> float:
+    """Largest logit difference between the served graph and the trained Keras model on `features`, relative to
+    the largest logit (at least 1).
+
+    Raises ValueError above `tolerance` for an fp32 export (it must be the trained math up to float rounding);
+    a bf16 export is only reported (its differences are bf16 rounding, measured by `make bench-parity`).
+    """
+    want = tf.cast(classifier(features, training=False), tf.float32)
+    got = module.classify_features(*(features[name] for name in INPUT_NAMES))
+    diff = float(tf.reduce_max(tf.abs(got - want)) / tf.maximum(tf.reduce_max(tf.abs(want)), 1.0))
+    if module.precision == "fp32" and diff > tolerance:
+        raise ValueError(f"the serving graph's logits differ from the trained model's by {diff:.2e} (relative, "
+                         f"> {tolerance}); trainer/serving_encoder.py no longer matches the encoder it rebuilds")
+    return diff
 
 
 def parse_version(name: str) -> int | None:

@@ -82,17 +82,26 @@ def make_steps(strategy, model, optimizer, *, loss_scaling: bool = False, compil
     return Steps(wrap(train_step), wrap(val_step), train_loss, train_accuracy)
 
 
-def evaluate(steps: Steps, dist_val, num_docs: int, num_classes: int) -> tuple[dict, np.ndarray]:
-    """Validation as served: every window classified, each document's logits averaged over its windows.
+@dataclasses.dataclass
+class Evaluation:
+    """Validation over documents: loss and accuracy of the window-averaged logits, as the export serves them."""
 
-    Returns ({"loss", "accuracy"} over documents, int64 confusion matrix [C, C]).
-    """
+    loss: float
+    accuracy: float
+    confusion: np.ndarray  # int64 [C, C], rows true, columns predicted
+    doc_logits: np.ndarray  # float32 [N, C], each document's logits averaged over its windows
+
+
+def evaluate(steps: Steps, dist_val, num_docs: int, num_classes: int) -> Evaluation:
+    """Classifies every validation window, then averages each document's logits over its windows (the serving
+    graph's rule, `trainer.windows.mean_over_windows`), so the accuracy that picks the best checkpoint is the
+    exported model's."""
     ids, labels, logits = ([], [], [])
     for batch in dist_val:
         for out, part in zip((ids, labels, logits), steps.val_step(batch), strict=True):
             out.append(part)
     ids, labels, logits = (tf.concat(x, axis=0) for x in (ids, labels, logits))
-    doc_logits = mean_over_windows(logits, ids, num_docs)  # the serving graph's rule (trainer/windows.py)
+    doc_logits = mean_over_windows(logits, ids, num_docs)
     doc_labels = tf.math.unsorted_segment_max(labels, ids, num_docs)
     seen = tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, num_docs)
     if int(tf.reduce_min(seen)) < 1:
@@ -101,8 +110,8 @@ def evaluate(steps: Steps, dist_val, num_docs: int, num_classes: int) -> tuple[d
     loss = tf_keras.losses.sparse_categorical_crossentropy(doc_labels, doc_logits, from_logits=True)
     predictions = tf.argmax(doc_logits, axis=-1, output_type=tf.int32)
     confusion = tf.math.confusion_matrix(doc_labels, predictions, num_classes=num_classes, dtype=tf.int64).numpy()
-    accuracy = float(np.trace(confusion) / num_docs)
-    return {"loss": float(tf.reduce_mean(loss)), "accuracy": accuracy}, confusion
+    return Evaluation(float(tf.reduce_mean(loss)), float(np.trace(confusion) / num_docs), confusion,
+                      doc_logits.numpy())
 
 
 def head_adam_moments(optimizer, model) -> dict[str, tuple[tf.Variable, tf.Variable]]:
@@ -184,7 +193,8 @@ def run_epochs(
             if step % steps_per_summary == 0:
                 logger.step(step, loss, schedule.rate_at(step - 1))
         bar.close()
-        val, confusion = evaluate(steps, dist_val, num_val_docs, num_classes)
+        evaluation = evaluate(steps, dist_val, num_val_docs, num_classes)
+        val, confusion = {"loss": evaluation.loss, "accuracy": evaluation.accuracy}, evaluation.confusion
         train = {"loss": float(steps.train_loss.result()), "accuracy": float(steps.train_accuracy.result())}
         logger.epoch(epoch, train, val)
         logger.adam_moments(epoch, head_adam_moments(optimizer, model))

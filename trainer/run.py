@@ -24,13 +24,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 
 from trainer import data as data_lib
 from trainer import distributed, encoders, summaries
 from trainer.checkpoints import Checkpoints, best_checkpoint_path, make_state, write_json_atomic
 from trainer.config import MODEL_KEYS, TrainConfig
-from trainer.export import ServingModule, clean_stale_exports, export_saved_model, parse_version
+from trainer.export import (
+    ServingModule,
+    check_rebuild,
+    clean_stale_exports,
+    export_saved_model,
+    parse_version,
+)
 from trainer.loop import build_training, run_epochs
 from trainer.model import build_classifier
 from trainer.pipeline import make_eval_dataset, make_train_dataset
@@ -168,8 +175,6 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     cluster = distributed.cluster_from_env()
     precision = configure_precision(cfg.mixed_precision)
     if cfg.deterministic:
-        import tensorflow as tf  # noqa: PLC0415
-
         tf.config.experimental.enable_op_determinism()
         log.info("op determinism enabled (--deterministic)")
     strategy = distributed.make_strategy(cfg.strategy, cfg.logical_cpus, cluster)  # before any other TF op
@@ -246,7 +251,7 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
 def _check_export_precision(cfg: TrainConfig, spec) -> None:
     """bf16 export rebuilds the encoder from its bert_convert config: refuse other encoders BEFORE training."""
     if cfg.export_precision == "bf16":
-        from trainer.bf16 import encoder_config  # noqa: PLC0415
+        from trainer.serving_encoder import encoder_config  # noqa: PLC0415
 
         try:
             encoder_config(spec.encoder_handle)
@@ -307,6 +312,12 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
              float(state.best_val_accuracy.numpy()))
     module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
                            max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens)
+    try:
+        diff = check_rebuild(module, model, preprocessor(tf.constant(list(corpus.val_texts[:8]))))
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    log.info("serving graph (%s%s) vs trained model on 8 validation docs: largest relative logit difference %.1e",
+             cfg.export_precision, ", rebuilt encoder" if module.encoder is not None else "", diff)
     history = Checkpoints(run_ckpt, state).read_history()
     card = build_model_card(cfg, corpus, spec, module, history=history, run_name=run_name,
                             best_epoch=int(state.best_epoch.numpy()),
