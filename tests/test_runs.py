@@ -73,3 +73,26 @@ def test_export_only_refuses_other_data(trained, tmp_path):
     done = run_trainer(["--export-only", "--checkpoint-dir", str(ckpt), "--model-base-path", str(models),
                         "--cache-dir", cfg.cache_dir, "--data-dir", str(other)])
     assert done.returncode == 2 and "is not the data run" in done.stderr, done.stderr[-2000:]
+
+
+def test_runs_recorded_before_val_windows_read_as_head_validated(trained, tmp_path):
+    """run.json files written before --val-windows existed hold no such key; those runs were validated on the
+    head, so resume and --export-only must read 1 (the head), not today's default of 4."""
+    from trainer import run
+    from trainer.config import TrainConfig
+
+    cfg, result = trained
+    ckpt, models = _copy_run(cfg, tmp_path)
+    path = ckpt / result.run_name / "run.json"
+    meta = json.loads(path.read_text())
+    assert meta["settings"]["val_windows"] == TrainConfig.val_windows == 4  # recorded by today's trainer
+    for part in ("settings", "config"):
+        del meta[part]["val_windows"]
+    path.write_text(json.dumps(meta))
+    name, read = run.run_to_export(TrainConfig(checkpoint_dir=str(ckpt)))
+    assert name == result.run_name
+    assert read["settings"]["val_windows"] == 1 and read["config"]["val_windows"] == 1
+    done = run_trainer(["--export-only", "--checkpoint-dir", str(ckpt), "--model-base-path", str(models),
+                        "--cache-dir", cfg.cache_dir])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((models / "1" / "model_card.json").read_text())["config"]["val_windows"] == 1

@@ -148,6 +148,18 @@ def test_fp32_serving_graph_is_the_trained_model_with_fused_ops(exports, fp32, c
         assert ops.count("Transpose") == 2 * layers
 
 
+def test_export_refuses_a_rebuild_that_drifts_from_the_trained_model(preprocessor, classifier):
+    from trainer.export import check_rebuild
+
+    module = ServingModule(preprocessor, classifier, CLASSES)
+    features = preprocessor(tf.constant(TEXTS))
+    assert check_rebuild(module, classifier, features) < 1e-5
+    embeddings = module.encoder.position_embeddings  # e.g. a rebuild that misreads one variable
+    embeddings.assign(tf.random.stateless_normal(embeddings.shape, seed=(3, 4), stddev=0.02))
+    with pytest.raises(ValueError, match="no longer matches"):
+        check_rebuild(module, classifier, features)
+
+
 def _bf16_ops(export_dir) -> set[str]:
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())

@@ -91,7 +91,9 @@ class Checkpoints:
         path = tf.train.latest_checkpoint(str(self.dir / "latest"))
         if path is None:
             return False
-        self.state.checkpoint.restore(path).assert_existing_objects_matched()
+        # Adam's slots are created at the first step and restored then; a run that only has its export left never
+        # takes a step, so they stay pending by design (expect_partial keeps TF from warning about each one).
+        self.state.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
         epoch = int(self.state.epoch.numpy())
         if self.is_chief:
             history = self.read_history()
