@@ -14,7 +14,7 @@ DURATION ?= 30s
 
 .DEFAULT_GOAL := help
 .PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy bench-windows \
-        bench-pipeline bench-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
+        bench-pipeline bench-serving profile-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
 # Compose: the CPU override unless this host has an NVIDIA driver (nvidia-smi); COMPOSE_FILES=... to choose.
 COMPOSE_FILES ?= -f docker-compose.yml $(if $(shell command -v nvidia-smi),,-f compose.cpu.yml)
 
@@ -92,6 +92,9 @@ BF16_FLAG = $(if $(MODELS_BF16),--bf16-model-base-path $(MODELS_BF16),)
 
 bench-serving: install ## Locust at 1/4/16 users + preprocessing share + short/long x fp32/bf16 table (CPU named)
 	$(PY) benchmarks/bench_serving.py --model-base-path $(MODELS) $(BF16_FLAG)
+
+profile-serving: install ## per-op-type time of one request, headline vs one full window (TF1 session like TF Serving)
+	$(PY) benchmarks/profile_serving.py $(MODELS)
 
 bench-parity: install ## length buckets vs full-length packing, bf16 vs fp32, on the 445 validation docs
 	$(PY) benchmarks/bench_export_parity.py $(MODELS) $(BF16_FLAG) $(DATA_FLAG)
