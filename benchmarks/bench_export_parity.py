@@ -4,14 +4,15 @@ On the seed split's 445 validation documents (``load_corpus(..., validation_spli
 their headlines (the first line of each BBC file, mostly <= 32 word pieces, so the smallest bucket is used):
 
 1. **Buckets vs full length** (fp32 export): every text is sent alone through ``serving_default`` (packed to
-   its bucket, as a client request would be) and compared with the same model fed the full-length packing
-   (``preprocessor`` + ``classify_features``, what the export did before buckets). Needs identical labels and
-   probabilities within 1e-4.
+   its bucket, as a client request would be) and compared with the same export's ``serve_full_length``
+   (every window packed to the trained length, what the export did before buckets). Needs identical labels
+   and probabilities within 1e-4.
 2. **bf16 vs fp32** (with ``--bf16-model-base-path``): label agreement of the two exports' ``serving_default``
    on the same documents; needs >= 99.5 %. Also prints each export's accuracy against the true labels.
 3. **Against another export of the same run** (with ``--reference-model-base-path``, e.g. one made by an
    older bertbc whose graph ran the trained Keras model instead of the rebuilt encoder of
-   ``trainer/serving_encoder.py``): full-length probabilities within 1e-4 and identical labels.
+   ``trainer/serving_encoder.py``, with the same ``--serve-windows``): ``serving_default`` answers text by
+   text, probabilities within 1e-4 and identical labels.
 
 Usage::
 
@@ -59,10 +60,14 @@ def serve_one_by_one(loaded, texts) -> tuple[np.ndarray, collections.Counter]:
 
 
 def full_length(loaded, texts, batch_size: int = 16) -> np.ndarray:
-    """Probabilities [N, C] with every text packed to the trained length (the pre-bucket behaviour)."""
+    """Probabilities [N, C] with every text (every window) packed to the trained length: the export's
+    ``serve_full_length``, or for exports made before it the head's full-length packing + classify_features."""
     import tensorflow as tf
 
-    out = []
+    if hasattr(loaded, "serve_full_length"):
+        return np.concatenate([loaded.serve_full_length(tf.constant(texts[i:i + batch_size]))["probabilities"].numpy()
+                               for i in range(0, len(texts), batch_size)])
+    out = []  # a head-only export made before serve_full_length existed
     for i in range(0, len(texts), batch_size):
         features = loaded.preprocessor(tf.constant(texts[i:i + batch_size]))
         logits = loaded.classify_features(*(features[name] for name in INPUT_NAMES))
@@ -131,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         reference = tf.saved_model.load(str(reference_dir))
         print(f"\nreference export: {reference_dir}")
         for name, texts in sets.items():
-            want, got = full_length(reference, texts), full_length(fp32, texts)
+            want, _ = serve_one_by_one(reference, texts)
+            got = served[name]
             same = int((got.argmax(1) == want.argmax(1)).sum())
             diff = float(np.abs(got - want).max())
             good = same == len(texts) and diff <= PROB_TOLERANCE
             ok &= good
-            print(f"{name} ({len(texts)}): fp32 export vs reference, full length: labels identical {same}/"
+            print(f"{name} ({len(texts)}): fp32 export vs reference, serving_default: labels identical {same}/"
                   f"{len(texts)}, max |probability difference| {diff:.2e} -> {'OK' if good else 'FAIL'}")
     print("\nPARITY OK" if ok else "\nPARITY FAILED")
     return 0 if ok else 1

@@ -148,6 +148,22 @@ def test_fp32_serving_graph_is_the_trained_model_with_fused_ops(exports, fp32, c
         assert ops.count("Transpose") == 2 * layers
 
 
+def test_windowed_buckets_answer_like_full_length_windows(preprocessor, classifier, fp32):
+    """With windows, buckets still cut padding only: each request alone gets the answer of every window
+    packed to the trained length (serve_full_length, kept on the SavedModel for make bench-parity)."""
+    assert hasattr(fp32, "serve_full_length")
+    module = ServingModule(preprocessor, classifier, CLASSES, max_windows=3, window_overlap=16)
+    texts = [*TEXTS, "The minister said the vote " * 120]  # the last ones need several windows
+    want = module.serve_full_length(tf.constant(texts))
+    for i, text in enumerate(texts):
+        got = module.serve(tf.constant([text]))
+        np.testing.assert_allclose(got["probabilities"].numpy()[0], want["probabilities"].numpy()[i], atol=1e-5,
+                                   rtol=0)
+        assert got["class_id"].numpy()[0] == want["class_id"].numpy()[i]
+    short = module.preprocessor.windowed(tf.constant(texts[:1]), max_windows=3, overlap=16)[0]
+    assert short["input_mask"].shape == (1, 32)  # the headline really ran at its bucket
+
+
 def test_export_refuses_a_rebuild_that_drifts_from_the_trained_model(preprocessor, classifier):
     from trainer.export import check_rebuild
 

@@ -41,6 +41,8 @@ class ServingModule(tf.Module):
       preprocessor.bucketed(text [B] string) -> dict of int32 [B, L] (what ``serve`` feeds the classifier)
       classify_features(input_word_ids, input_mask, input_type_ids), each int32 [B, any L]
         -> float32 logits [B, C]
+      serve_full_length(text [B] string) -> what ``serve`` returns, with every window packed to the full
+        trained length (no buckets): the reference ``make bench-parity`` compares the buckets with
 
     Args:
       preprocessor: a ``trainer.preprocessing.Preprocessor``.
@@ -81,7 +83,9 @@ class ServingModule(tf.Module):
         spec = tf.TensorSpec([None, None], tf.int32)
         self.classify_features = tf.function(self._classify_features,
                                              input_signature=[spec, spec, spec])
-        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
+        text_spec = [tf.TensorSpec([None], tf.string, name=INPUT)]
+        self.serve = tf.function(self._serve, input_signature=text_spec)
+        self.serve_full_length = tf.function(self._serve_full_length, input_signature=text_spec)
 
     def _classify_features(self, input_word_ids, input_mask, input_type_ids):
         if self.encoder is None:
@@ -95,12 +99,18 @@ class ServingModule(tf.Module):
         return tf.cast(self.head(pooled), tf.float32)
 
     def _serve(self, text):
+        return self._answer(text, bucket=True)
+
+    def _serve_full_length(self, text):
+        return self._answer(text, bucket=False)
+
+    def _answer(self, text, *, bucket: bool):
         if self.max_windows == 1:
-            features = self.preprocessor.bucketed(text)
+            features = self.preprocessor.bucketed(text) if bucket else self.preprocessor(text)
             logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
         else:  # the whole article in windows, logits averaged per document (trainer/windows.py)
             features, doc_index = self.preprocessor.windowed(text, max_windows=self.max_windows,
-                                                             overlap=self.window_overlap)
+                                                             overlap=self.window_overlap, bucket=bucket)
             window_logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
             logits = mean_over_windows(window_logits, doc_index, tf.shape(text)[0])
         probabilities = tf.nn.softmax(logits, axis=-1)
