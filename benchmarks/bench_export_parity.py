@@ -75,6 +75,13 @@ def full_length(loaded, texts, batch_size: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
+def same_answers(got: np.ndarray, want: np.ndarray) -> tuple[int, float, bool]:
+    """(labels identical, max |probability difference|, whether both meet the parity requirement)."""
+    same = int((got.argmax(1) == want.argmax(1)).sum())
+    diff = float(np.abs(got - want).max())
+    return same, diff, same == len(got) and diff <= PROB_TOLERANCE
+
+
 def headline(doc: bytes) -> bytes:
     return doc.strip().split(b"\n", 1)[0]
 
@@ -109,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         bucketed, lengths = serve_one_by_one(fp32, texts)
         reference = full_length(fp32, texts)
         served[name] = bucketed
-        same = int((bucketed.argmax(1) == reference.argmax(1)).sum())
-        diff = float(np.abs(bucketed - reference).max())
-        good = same == len(texts) and diff <= PROB_TOLERANCE
+        same, diff, good = same_answers(bucketed, reference)
         ok &= good
         print(f"\n{name} ({len(texts)}): buckets vs full-length packing: labels identical {same}/{len(texts)}, "
               f"max |probability difference| {diff:.2e} (limit {PROB_TOLERANCE:g}) -> {'OK' if good else 'FAIL'}")
@@ -136,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = tf.saved_model.load(str(reference_dir))
         print(f"\nreference export: {reference_dir}")
         for name, texts in sets.items():
-            want, _ = serve_one_by_one(reference, texts)
-            got = served[name]
-            same = int((got.argmax(1) == want.argmax(1)).sum())
-            diff = float(np.abs(got - want).max())
-            good = same == len(texts) and diff <= PROB_TOLERANCE
+            same, diff, good = same_answers(served[name], serve_one_by_one(reference, texts)[0])
             ok &= good
             print(f"{name} ({len(texts)}): fp32 export vs reference, serving_default: labels identical {same}/"
                   f"{len(texts)}, max |probability difference| {diff:.2e} -> {'OK' if good else 'FAIL'}")

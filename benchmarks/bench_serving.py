@@ -341,21 +341,20 @@ def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs
     print(f"  kernel settings: {knobs or 'defaults (oneDNN on, all CPU features)'}")
     for p, path in versions.items():
         print(f"  {p}: {path}")
+    others = precisions[1:]  # each compared with the first column (fp32)
     header = "| text | word pieces | packed to | " + " | ".join(f"{p} ms" for p in precisions)
-    if "bf16" in versions:
-        header += " | bf16 speed-up"
+    header += "".join(f" | {p} speed-up" for p in others)
     print(header + " |")
     print("|---" * (header.count("|")) + "|")
     for r in rows:
         cells = [f"{r.ms[p]:.1f}" for p in precisions]
         line = f"| {r.name} | {r.word_pieces} | {r.packed_length} | " + " | ".join(cells)
-        if "bf16" in versions:
-            line += f" | {r.ms['fp32'] / r.ms['bf16']:.2f}x"
+        line += "".join(f" | {r.ms[precisions[0]] / r.ms[p]:.2f}x" for p in others)
         print(line + " |")
     by_name = {r.name: r for r in rows}
     batch = next(r for r in rows if r.texts > 1)
     print("| " + f"{batch.name}, texts/s" + " | | | " + " | ".join(
-        f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + (" | |" if "bf16" in versions else " |"))
+        f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + " |" * (len(others) + 1))
     print("(word pieces: of the text, untruncated; packed to: the bucket of the first window)")
     for p in precisions:
         short = by_name["short"].ms[p]
@@ -382,7 +381,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16-model-base-path", type=pathlib.Path, default=None,
                    help="Versions of the same run exported with --export-precision bf16: adds a bf16 column "
                         "to the length table (default: fp32 only).")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                   help="another model base path to time in the same interleaved length table (repeatable), "
+                        "e.g. an export of the same run by an older bertbc: adds a column and its speed-up "
+                        "against fp32.")
     args = p.parse_args(argv)
+    try:
+        args.compare = [(name, pathlib.Path(path)) for name, path in (c.split("=", 1) for c in args.compare)]
+    except ValueError:
+        p.error("--compare: expected NAME=PATH")
     if args.model_base_path and args.model_base_path_flag and args.model_base_path != args.model_base_path_flag:
         p.error("model_base_path given twice with different values")
     args.model_base_path = args.model_base_path or args.model_base_path_flag or pathlib.Path("models/bertbc")
@@ -413,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     versions = {"fp32": version_dir}
     if args.bf16_model_base_path:
         versions["bf16"] = latest_version(args.bf16_model_base_path)
+    for name, path in args.compare:
+        versions[name] = latest_version(path)
     if not args.skip_lengths:
         lengths = measure_lengths(versions, args.texts_dir, args.runs)
     print_report(load, share, args.seconds)
