@@ -96,3 +96,19 @@ def test_runs_recorded_before_val_windows_read_as_head_validated(trained, tmp_pa
                         "--cache-dir", cfg.cache_dir])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((models / "1" / "model_card.json").read_text())["config"]["val_windows"] == 1
+
+
+def test_validation_window_overlap_is_part_of_a_runs_settings():
+    """Validation over windows uses --window-overlap, so a resume with another overlap would pick checkpoints by
+    another rule: it is a recorded setting when validation reads windows, and named when it differs."""
+    from trainer import run
+    from trainer.config import TrainConfig
+    from trainer.schedule import make_schedule
+
+    schedule = make_schedule(5e-5, 0.1, train_docs=100, batch_size=16, epochs=4)
+    default = run.run_settings(TrainConfig(), "fp", schedule)
+    assert default["val_window_overlap"] == 64  # a quarter of 256
+    other = run.run_settings(TrainConfig(window_overlap=32), "fp", schedule)
+    assert run.describe_differences(default, other) == "--window-overlap (for validation) 64 (run) vs 32 (now)"
+    head = run.run_settings(TrainConfig(val_windows=1, window_overlap=32), "fp", schedule)
+    assert head["val_window_overlap"] is None  # head-only validation does not depend on it

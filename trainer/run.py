@@ -79,6 +79,8 @@ def _flag(key: str) -> str:
 def run_settings(cfg: TrainConfig, fingerprint: str, schedule: Schedule) -> dict:
     """What must be equal for a rerun to continue a run: the model settings, the data and the schedule."""
     settings = {k: getattr(cfg, k) for k in MODEL_KEYS}
+    # --window-overlap is export-time for serving, but validation over windows uses it too: it picks the checkpoint.
+    settings["val_window_overlap"] = cfg.overlap_tokens if cfg.val_windows > 1 else None
     settings["data_fingerprint"] = fingerprint
     settings["schedule"] = dataclasses.asdict(schedule)
     return settings
@@ -92,7 +94,8 @@ def describe_differences(old: dict, new: dict) -> str:
             continue
         if key == "schedule":
             continue  # follows from epochs/batch size/warm-up/data, which are named themselves
-        name = "the data (fingerprint)" if key == "data_fingerprint" else _flag(key)
+        name = {"data_fingerprint": "the data (fingerprint)",
+                "val_window_overlap": "--window-overlap (for validation)"}.get(key, _flag(key))
         parts.append(f"{name} {old.get(key)!r} (run) vs {new.get(key)!r} (now)")
     if not parts and old.get("schedule") != new.get("schedule"):
         parts.append(f"the learning-rate schedule {old.get('schedule')} (run) vs {new.get('schedule')} (now)")
@@ -100,13 +103,14 @@ def describe_differences(old: dict, new: dict) -> str:
 
 
 # Settings added after runs were recorded, with the value such older runs were trained with.
-_BEFORE_RECORDED = {"val_windows": 1}
+_BEFORE_RECORDED = {"val_windows": 1, "val_window_overlap": None}
 
 
 def _with_legacy_settings(meta: dict) -> dict:
-    for part in ("settings", "config"):
-        if part in meta:
-            meta[part] = {**_BEFORE_RECORDED, **meta[part]}
+    if "settings" in meta:
+        meta["settings"] = {**_BEFORE_RECORDED, **meta["settings"]}
+    if "config" in meta:
+        meta["config"] = {"val_windows": _BEFORE_RECORDED["val_windows"], **meta["config"]}
     return meta
 
 
