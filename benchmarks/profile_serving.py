@@ -21,17 +21,8 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_serving import BUILTIN_TEXTS, SHORT_TEXT, latest_version  # noqa: E402
+from bench_serving import latest_version, length_texts  # noqa: E402
 from machine import cpu_description  # noqa: E402
-
-
-def one_window_text(preprocessor_call, words: list[str], full: int) -> str:
-    """The longest leading run of `words` that packs to fewer than `full` tokens (nothing truncated)."""
-    low, high = 1, len(words)
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if preprocessor_call(" ".join(words[:mid])) < full else (low, mid - 1)
-    return " ".join(words[:low])
 
 
 def profile(session, signature, text: str, runs: int) -> tuple[float, dict[str, list[float]]]:
@@ -72,17 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow_text  # noqa: F401  (registers the TF-Text ops the graph uses)
 
     version = latest_version(args.model_base_path)
-    words = " ".join(t.read_text(errors="replace") for t in sorted(BUILTIN_TEXTS.rglob("*.txt"))).split()
-    preprocessor = tf.saved_model.load(str(version)).preprocessor  # the export's own packing
-    full = int(preprocessor(tf.constant([""]))["input_mask"].shape[1])
-    window = one_window_text(lambda t: int(tf.reduce_sum(preprocessor(tf.constant([t]))["input_mask"])), words, full)
+    texts = length_texts("", tf.saved_model.load(str(version)).preprocessor)  # bench-serving's texts, packed
     print(f"model: {version}\nCPU: {cpu_description()}")
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
         meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version))
         signature = meta.signature_def["serving_default"]
         results = {name: profile(session, signature, text, args.runs)
-                   for name, text in (("short", SHORT_TEXT), ("one window", window))}
+                   for name, (text,) in ((k, texts[k]) for k in ("short", "one window"))}
     for name, (wall, per_op) in results.items():
         medians = {op: statistics.median(v) for op, v in per_op.items()}
         total = sum(medians.values())

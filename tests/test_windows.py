@@ -78,9 +78,9 @@ def test_validation_scores_documents_as_the_export_serves_them(tiny_encoder, toy
     model = build_classifier(tiny_encoder.encoder_handle, len(corpus.class_names), seq_length=seq_length,
                              pooling="mean", dropout=0.1)
     steps = make_steps(strategy, model, optimizer=None)
-    val_ds = make_eval_dataset(texts, labels, lambda t: pre.windowed(t, max_windows=windows, overlap=overlap,
-                                                                       bucket=False), batch_size=5)
-    result = evaluate(steps, strategy.experimental_distribute_dataset(val_ds), len(texts), len(corpus.class_names))
+    val_ds = make_eval_dataset(texts, lambda t: pre.windowed(t, max_windows=windows, overlap=overlap, bucket=False),
+                               batch_size=5)
+    result = evaluate(steps, strategy.experimental_distribute_dataset(val_ds), labels, len(corpus.class_names))
 
     served = ServingModule(pre, model, list(corpus.class_names), max_windows=windows, window_overlap=overlap)
     probabilities = served.serve(tf.constant(texts))["probabilities"].numpy()

@@ -40,7 +40,7 @@ import tensorflow_text as text
 from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
 DEFAULT_SEQ_LENGTH = 128
-_MASK_NEGATIVE = -1e9
+MASK_NEGATIVE = -1e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,25 @@ class BertConfig:
 
 
 TINY_RANDOM_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def variable_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Names (without the ``bert/`` scope and ``:0``) and shapes of ``BertEncoder``'s variables: what a rebuild
+    from fine-tuned variables (``trainer.serving_encoder``) must find."""
+    H, inter = config.hidden_size, config.intermediate_size
+    shapes = {"word_embeddings": (config.vocab_size, H), "position_embeddings": (config.max_position_embeddings, H),
+              "type_embeddings": (config.type_vocab_size, H), "embeddings/gamma": (H,), "embeddings/beta": (H,),
+              "pooler/kernel": (H, H), "pooler/bias": (H,)}
+    for i in range(config.num_hidden_layers):
+        for short, (fan_in, fan_out) in {"query": (H, H), "key": (H, H), "value": (H, H),
+                                         "attention_output": (H, H), "intermediate": (H, inter),
+                                         "output": (inter, H)}.items():
+            shapes[f"layer_{i}/{short}/kernel"] = (fan_in, fan_out)
+            shapes[f"layer_{i}/{short}/bias"] = (fan_out,)
+        for short in ("attention_norm", "output_norm"):
+            shapes[f"layer_{i}/{short}/gamma"] = (H,)
+            shapes[f"layer_{i}/{short}/beta"] = (H,)
+    return shapes
 
 
 def _hf_dense(weights: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +181,7 @@ class BertEncoder(tf.Module):
              + tf.gather(self.position_embeddings, tf.range(seq))[tf.newaxis]
              + tf.gather(self.type_embeddings, type_ids))
         x = self._dropout(self._norm(x, self.embedding_norm), cfg.hidden_dropout_prob, training, seed=1)
-        additive_mask = (1.0 - mask)[:, tf.newaxis, tf.newaxis, :] * _MASK_NEGATIVE
+        additive_mask = (1.0 - mask)[:, tf.newaxis, tf.newaxis, :] * MASK_NEGATIVE
         outputs = []
         for i, layer in enumerate(self.layers):
             seed = 100 + 3 * i

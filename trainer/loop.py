@@ -66,15 +66,15 @@ def make_steps(strategy, model, optimizer, *, loss_scaling: bool = False, compil
         train_accuracy.update_state(labels, logits)
         return loss
 
-    def val_replica(features, doc_ids, labels):
-        return doc_ids, labels, tf.cast(model(features, training=False), tf.float32)
+    def val_replica(features, doc_ids):
+        return doc_ids, tf.cast(model(features, training=False), tf.float32)
 
     def train_step(batch):
         per_replica = strategy.run(train_replica, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def val_step(batch):
-        """One batch of validation windows -> (doc_ids, labels, logits) of all replicas (windows, not docs)."""
+        """One batch of validation windows -> (doc_ids, logits) of all replicas (windows, not docs)."""
         per_replica = strategy.run(val_replica, args=batch)
         return tuple(strategy.gather(t, axis=0) for t in per_replica)
 
@@ -92,21 +92,23 @@ class Evaluation:
     doc_logits: np.ndarray  # float32 [N, C], each document's logits averaged over its windows
 
 
-def evaluate(steps: Steps, dist_val, num_docs: int, num_classes: int) -> Evaluation:
+def evaluate(steps: Steps, dist_val, labels, num_classes: int) -> Evaluation:
     """Classifies every validation window, then averages each document's logits over its windows (the serving
     graph's rule, `trainer.windows.mean_over_windows`), so the accuracy that picks the best checkpoint is the
-    exported model's."""
-    ids, labels, logits = ([], [], [])
+    exported model's. `labels`: the validation documents' class ids, in `make_eval_dataset`'s order."""
+    num_docs = len(labels)
+    ids, logits = [], []
     for batch in dist_val:
-        for out, part in zip((ids, labels, logits), steps.val_step(batch), strict=True):
-            out.append(part)
-    ids, labels, logits = (tf.concat(x, axis=0) for x in (ids, labels, logits))
-    doc_logits = mean_over_windows(logits, ids, num_docs)
-    doc_labels = tf.math.unsorted_segment_max(labels, ids, num_docs)
+        batch_ids, batch_logits = steps.val_step(batch)
+        ids.append(batch_ids)
+        logits.append(batch_logits)
+    ids, logits = tf.concat(ids, axis=0), tf.concat(logits, axis=0)
     seen = tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, num_docs)
     if int(tf.reduce_min(seen)) < 1:
         raise RuntimeError(f"validation saw {int(tf.reduce_sum(tf.cast(seen > 0, tf.int32)))} of {num_docs} "
                            "documents: the validation dataset lost windows")
+    doc_logits = mean_over_windows(logits, ids, num_docs)
+    doc_labels = tf.constant(list(labels), tf.int32)
     loss = tf_keras.losses.sparse_categorical_crossentropy(doc_labels, doc_logits, from_logits=True)
     predictions = tf.argmax(doc_logits, axis=-1, output_type=tf.int32)
     confusion = tf.math.confusion_matrix(doc_labels, predictions, num_classes=num_classes, dtype=tf.int64).numpy()
@@ -155,7 +157,7 @@ def run_epochs(
     checkpoints: Checkpoints,
     make_train_ds,
     val_ds,
-    num_val_docs: int,
+    val_labels,
     epochs: int,
     num_classes: int,
     class_names: list[str],
@@ -169,7 +171,7 @@ def run_epochs(
     Args:
       make_train_ds: epoch index -> tf.data.Dataset (a per-epoch seed keeps resumed runs identical to
         uninterrupted ones).
-      val_ds: validation windows (`pipeline.make_eval_dataset`) of `num_val_docs` documents.
+      val_ds: validation windows (`pipeline.make_eval_dataset`); val_labels: its documents' class ids.
       schedule: the run's stored learning-rate schedule (for logging the rate each step actually used).
       show_progress: the tqdm bar (only the chief of a multi-worker job shows one).
     """
@@ -193,7 +195,7 @@ def run_epochs(
             if step % steps_per_summary == 0:
                 logger.step(step, loss, schedule.rate_at(step - 1))
         bar.close()
-        evaluation = evaluate(steps, dist_val, num_val_docs, num_classes)
+        evaluation = evaluate(steps, dist_val, val_labels, num_classes)
         val, confusion = {"loss": evaluation.loss, "accuracy": evaluation.accuracy}, evaluation.confusion
         train = {"loss": float(steps.train_loss.result()), "accuracy": float(steps.train_accuracy.result())}
         logger.epoch(epoch, train, val)

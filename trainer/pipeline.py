@@ -44,7 +44,6 @@ def make_train_dataset(
 
 def make_eval_dataset(
     texts: Sequence[bytes],
-    labels: Sequence[int],
     windowed: Callable[[tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor]],
     *,
     batch_size: int,
@@ -52,21 +51,20 @@ def make_eval_dataset(
     """Validation windows in corpus order, tokenized once and cached (validation never changes).
 
     Args:
-      texts, labels: the validation documents.
+      texts: the validation documents.
       windowed: strings [B] -> (dict of int32 [W, S], doc_index int32 [W] into the B strings): each document
         cut into its windows (`Preprocessor.windowed` with `bucket=False`; one window per document = the head).
       batch_size: windows per batch.
 
     Returns:
-      A dataset of `(features: dict of int32 [b, S], doc_ids: int32 [b], labels: int32 [b])`, one row per
-      window; `doc_ids` index `texts`, so a document's logits can be averaged over its windows afterwards.
+      A dataset of `(features: dict of int32 [b, S], doc_ids: int32 [b])`, one row per window; `doc_ids` index
+      `texts`, so a document's logits can be averaged over its windows afterwards.
     """
-    doc_ids = tf.range(len(texts), dtype=tf.int32)
-    ds = tf.data.Dataset.from_tensor_slices((list(texts), doc_ids, tf.constant(list(labels), tf.int32)))
+    ds = tf.data.Dataset.from_tensor_slices((list(texts), tf.range(len(texts), dtype=tf.int32)))
 
-    def to_windows(t, ids, y):
+    def to_windows(t, ids):
         features, index = windowed(t)
-        return features, tf.gather(ids, index), tf.gather(y, index)
+        return features, tf.gather(ids, index)
 
     ds = ds.batch(batch_size).map(to_windows, num_parallel_calls=AUTOTUNE).unbatch().batch(batch_size)
     return ds.cache().prefetch(AUTOTUNE)

@@ -141,12 +141,15 @@ class Preprocessor(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, texts):
         """texts: string [B] → dict input_word_ids / input_mask / input_type_ids, each int32 [B, seq_length]."""
-        tokens = truncate(self.wordpieces(texts), self.seq_length - 2, self.truncation)
+        return self._pack(truncate(self.wordpieces(texts), self.seq_length - 2, self.truncation))
+
+    def _pack(self, tokens: tf.RaggedTensor) -> dict[str, tf.Tensor]:
+        """int RaggedTensor [R, (<= seq_length - 2)] → ``[CLS] tokens [SEP]`` padded: dict of int32 [R, seq_length]."""
         # seq_length as a Python int keyword: the calling convention of TF Hub's own preprocessors.
         packed = self.preprocess.bert_pack_inputs([_as_words(tf.cast(tokens, tf.int32))],
                                                   seq_length=self.seq_length)
-        batch = tf.shape(texts)[0]
-        return {k: tf.ensure_shape(tf.reshape(tf.cast(packed[k], tf.int32), [batch, self.seq_length]),
+        rows = tokens.nrows(out_type=tf.int32)
+        return {k: tf.ensure_shape(tf.reshape(tf.cast(packed[k], tf.int32), [rows, self.seq_length]),
                                    [None, self.seq_length])
                 for k in ("input_word_ids", "input_mask", "input_type_ids")}
 
@@ -170,11 +173,7 @@ class Preprocessor(tf.Module):
         """
         windows, doc_index = split_windows(tf.cast(self.wordpieces(texts), tf.int64), budget=self.seq_length - 2,
                                            overlap=overlap, max_windows=max_windows)
-        packed = self.preprocess.bert_pack_inputs([_as_words(tf.cast(windows, tf.int32))],
-                                                  seq_length=self.seq_length)
-        count = tf.shape(doc_index)[0]
-        features = {k: tf.reshape(tf.cast(packed[k], tf.int32), [count, self.seq_length])
-                    for k in ("input_word_ids", "input_mask", "input_type_ids")}
+        features = self._pack(windows)
         if bucket:
             features = trim_to_bucket(features, bucket_lengths(self.seq_length))
         return features, doc_index

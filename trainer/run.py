@@ -216,14 +216,15 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
                  schedule.steps_per_epoch, strategy.num_replicas_in_sync)
     logger = summaries.RunLogger(Path(cfg.logdir) / run_name, enabled=cluster.is_chief)
     val_ds = make_eval_dataset(
-        corpus.val_texts, corpus.val_labels,
+        corpus.val_texts,
         lambda t: preprocessor.windowed(t, max_windows=cfg.val_windows, overlap=cfg.overlap_tokens, bucket=False),
         batch_size=cfg.batch_size)
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
         make_train_ds=lambda epoch: make_train_dataset(corpus.train_texts, corpus.train_labels, preprocessor,
                                                        batch_size=cfg.batch_size, seed=cfg.seed + epoch),
-        val_ds=val_ds, num_val_docs=len(corpus.val_texts), epochs=cfg.epochs, num_classes=num_classes, class_names=list(corpus.class_names),
+        val_ds=val_ds, val_labels=corpus.val_labels, epochs=cfg.epochs, num_classes=num_classes,
+        class_names=list(corpus.class_names),
         logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
         show_progress=cluster.is_chief)
     best = float(state.best_val_accuracy.numpy())

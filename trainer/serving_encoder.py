@@ -29,10 +29,9 @@ import pathlib
 
 import tensorflow as tf
 
-from trainer.bert_convert import BertConfig
+from trainer.bert_convert import MASK_NEGATIVE, BertConfig, variable_shapes
 
 CONFIG_FILE = pathlib.Path("assets.extra") / "bert_config.json"
-_MASK_NEGATIVE = -1e9
 
 
 def encoder_config(encoder_handle: str) -> BertConfig:
@@ -65,7 +64,7 @@ class ServingEncoder(tf.Module):
             raise ValueError(f"dtype={dtype!r} must be float32 or bfloat16")
         self.config, self.dtype = config, dtype
         values = {v.name.split(":")[0].removeprefix("bert/"): v for v in trained_variables}
-        expected = _expected_shapes(config)
+        expected = variable_shapes(config)
         missing = sorted(set(expected) - set(values))
         unexpected = sorted(set(values) - set(expected))
         if missing or unexpected:
@@ -125,7 +124,7 @@ class ServingEncoder(tf.Module):
              + tf.gather(self.type_embeddings, input_type_ids))
         x = self._norm(tf.reshape(x, [-1, cfg.hidden_size]), self.embedding_norm)  # [B*S, H] from here on
         additive_mask = tf.cast((1.0 - tf.cast(input_mask, tf.float32))[:, tf.newaxis, tf.newaxis, :]
-                                * _MASK_NEGATIVE, self.dtype)
+                                * MASK_NEGATIVE, self.dtype)
         for layer in self.layers:
             qkv = tf.reshape(self._dense(x, layer["qkv"]), [batch, seq, 3, heads, size])
             qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, heads, S, size]
@@ -141,21 +140,3 @@ class ServingEncoder(tf.Module):
         if not pooled:
             return sequence
         return sequence, tf.tanh(tf.matmul(sequence[:, 0], self.pooler[0]) + self.pooler[1])
-
-
-def _expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """bert_convert's variable names (without ``bert/``) → shapes."""
-    H, inter = config.hidden_size, config.intermediate_size
-    shapes = {"word_embeddings": (config.vocab_size, H), "position_embeddings": (config.max_position_embeddings, H),
-              "type_embeddings": (config.type_vocab_size, H), "embeddings/gamma": (H,), "embeddings/beta": (H,),
-              "pooler/kernel": (H, H), "pooler/bias": (H,)}
-    for i in range(config.num_hidden_layers):
-        for short, (fan_in, fan_out) in {"query": (H, H), "key": (H, H), "value": (H, H),
-                                         "attention_output": (H, H), "intermediate": (H, inter),
-                                         "output": (inter, H)}.items():
-            shapes[f"layer_{i}/{short}/kernel"] = (fan_in, fan_out)
-            shapes[f"layer_{i}/{short}/bias"] = (fan_out,)
-        for short in ("attention_norm", "output_norm"):
-            shapes[f"layer_{i}/{short}/gamma"] = (H,)
-            shapes[f"layer_{i}/{short}/beta"] = (H,)
-    return shapes
