@@ -90,7 +90,7 @@ MODELS ?= models/bertbc
 MODELS_BF16 ?= $(wildcard models/bertbc-bf16)
 BF16_FLAG = $(if $(MODELS_BF16),--bf16-model-base-path $(MODELS_BF16),)
 
-bench-serving: install ## Locust at 1/4/16 users + preprocessing share + short/long x fp32/bf16 table (CPU named)
+bench-serving: install ## Locust at 1/4/16 users + preprocessing share + short/long x fp32/bf16 table + fixed cost of a pass (CPU named)
 	$(PY) benchmarks/bench_serving.py --model-base-path $(MODELS) $(BF16_FLAG)
 
 profile-serving: install ## per-op-type time of one request, headline vs one full window (TF1 session like TF Serving)

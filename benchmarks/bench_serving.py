@@ -14,11 +14,17 @@
    --export-precision bf16 --model-base-path models/bertbc-bf16``), plus batches of 16 one-window texts
    (texts/s). Prints medians, the long/short ratio per precision, bf16's speed-up, and the CPU's name and
    bf16 features (/proc/cpuinfo), so the README table can be pasted from one run.
+4. The fixed cost of one pass, in-process and interleaved: the export's ``classify_features`` (encoder +
+   head, no tokenizer) on one text of 2, 32 and 256 tokens, as exported and compiled with XLA
+   (``jit_compile``; TF Serving runs XLA on CPU only with its experimental ``--xla_cpu_compilation_enabled``).
+   A 2-token pass carries no text at all: what it costs is paid by every request however short, so the
+   256/2 ratio is the most any short text can save against a full window in that runtime.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_serving.py [models/bertbc] [--bf16-model-base-path models/bertbc-bf16]
         [--seconds 20] [--users 1,4,16] [--runs 50] [--skip-load] [--skip-share] [--skip-lengths]
+        [--skip-floor]
 
 On a 2-core machine Locust and the server share the cores; numbers compare configurations on the same
 host, they are not capacity figures for a production host.
@@ -251,7 +257,7 @@ def length_texts(texts_dir: str, preprocessor) -> dict[str, list[str]]:
     one window   as many leading words as fit one window of the trained length (the most a head-only model
                  reads, and what one window costs)
     whole        the whole joined article: the export reads it in up to --serve-windows windows
-    batch        16 one-window texts in one request
+    batches      16 headlines, and 16 one-window texts, in one request (what server-side batching merges)
     """
     import tensorflow as tf
 
@@ -270,7 +276,44 @@ def length_texts(texts_dir: str, preprocessor) -> dict[str, list[str]]:
     window = " ".join(words[:low])
     medium = " ".join(words[:MEDIUM_WORDS])
     return {"short": [SHORT_TEXT], "medium": [medium], "one window": [window], "whole article": [long],
-            f"one window x{BATCH}": [window] * BATCH}
+            f"short x{BATCH}": [SHORT_TEXT] * BATCH, f"one window x{BATCH}": [window] * BATCH}
+
+
+FLOOR_TOKENS = (2, 32, 256)  # no text ([CLS] [SEP]), the smallest bucket, one full window
+
+
+@dataclass(frozen=True)
+class FloorRow:
+    """Median ms of one ``classify_features`` call on one text of ``tokens`` tokens, per runtime."""
+
+    tokens: int
+    graph_ms: float  # the exported graph, as TF Serving runs it
+    xla_ms: float  # the same function compiled with XLA (jit_compile)
+
+
+def measure_floor(version_dir: pathlib.Path, texts_dir: str, runs: int) -> list[FloorRow]:
+    """Times the encoder + head on 2 / 32 / 256 tokens of real text, graph and XLA, interleaved in one process.
+
+    The token ids are the first tokens of the one-window text (mask all ones), so only the length differs.
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
+
+    model = tf.saved_model.load(str(version_dir))
+    window = length_texts(texts_dir, model.preprocessor)["one window"]
+    full = model.preprocessor(tf.constant(window))
+    if int(full["input_word_ids"].shape[1]) < max(FLOOR_TOKENS):
+        raise SystemExit(f"{version_dir}: trained length {full['input_word_ids'].shape[1]} < {max(FLOOR_TOKENS)}")
+    xla = tf.function(lambda *features: model.classify_features(*features), jit_compile=True)
+    calls = {}
+    for tokens in FLOOR_TOKENS:
+        features = [full["input_word_ids"][:, :tokens], tf.ones([1, tokens], tf.int32),
+                    tf.zeros([1, tokens], tf.int32)]
+        calls[("graph", tokens)] = (lambda f: lambda: model.classify_features(*f))(features)
+        calls[("xla", tokens)] = (lambda f: lambda: xla(*f))(features)
+    timings = interleaved_timings(calls, runs)
+    return [FloorRow(tokens=t, graph_ms=_median_ms(timings[("graph", t)]), xla_ms=_median_ms(timings[("xla", t)]))
+            for t in FLOOR_TOKENS]
 
 
 def measure_lengths(version_dirs: dict[str, pathlib.Path], texts_dir: str, runs: int) -> list[LengthRow]:
@@ -352,15 +395,33 @@ def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs
         line += "".join(f" | {r.ms[precisions[0]] / r.ms[p]:.2f}x" for p in others)
         print(line + " |")
     by_name = {r.name: r for r in rows}
-    batch = next(r for r in rows if r.texts > 1)
-    print("| " + f"{batch.name}, texts/s" + " | | | " + " | ".join(
-        f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + " |" * (len(others) + 1))
+    batches = [r for r in rows if r.texts > 1]
+    for batch in batches:
+        print("| " + f"{batch.name}, texts/s" + " | | | " + " | ".join(
+            f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + " |" * (len(others) + 1))
     print("(word pieces: of the text, untruncated; packed to: the bucket of the first window)")
     for p in precisions:
         short = by_name["short"].ms[p]
         print(f"{p}: a short text costs 1/{by_name['one window'].ms[p] / short:.1f} of one full window "
               f"({short:.1f} vs {by_name['one window'].ms[p]:.1f} ms) and 1/{by_name['whole article'].ms[p] / short:.1f}"
               f" of the whole article as this export reads it ({by_name['whole article'].ms[p]:.1f} ms)")
+        short_batch, window_batch = batches  # same number of texts: the ratio of ms is the ratio per text
+        print(f"{p}: in batches of {short_batch.texts}, a short text costs 1/"
+              f"{window_batch.ms[p] / short_batch.ms[p]:.1f} of a one-window text")
+
+
+def print_floor(rows: list[FloorRow], version_dir: pathlib.Path, runs: int) -> None:
+    print(f"\nFixed cost of one pass: classify_features (encoder + head, no tokenizer), one text, median of {runs}"
+          f" interleaved calls; CPU: {cpu_description()}\n  model: {version_dir}")
+    print("| tokens | graph ms | XLA ms |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r.tokens} | {r.graph_ms:.2f} | {r.xla_ms:.2f} |")
+    by_tokens = {r.tokens: r for r in rows}
+    none, short, full = (by_tokens[t] for t in FLOOR_TOKENS)
+    for name, attr in (("graph", "graph_ms"), ("XLA", "xla_ms")):
+        print(f"{name}: {full.tokens} tokens cost {getattr(full, attr) / getattr(short, attr):.1f}x "
+              f"{short.tokens} tokens and {getattr(full, attr) / getattr(none, attr):.1f}x {none.tokens} tokens "
+              f"(no text): the most a short text can save against a full window in this runtime")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -378,6 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-load", action="store_true", help="Only measure the preprocessing share.")
     p.add_argument("--skip-share", action="store_true", help="Skip the preprocessing share.")
     p.add_argument("--skip-lengths", action="store_true", help="Skip the length x precision table.")
+    p.add_argument("--skip-floor", action="store_true",
+                   help="Skip the fixed cost of one pass (encoder on 2 / 32 / 256 tokens, graph and XLA).")
     p.add_argument("--bf16-model-base-path", type=pathlib.Path, default=None,
                    help="Versions of the same run exported with --export-precision bf16: adds a bf16 column "
                         "to the length table (default: fp32 only).")
@@ -424,15 +487,19 @@ def main(argv: list[str] | None = None) -> int:
         versions[name] = latest_version(path)
     if not args.skip_lengths:
         lengths = measure_lengths(versions, args.texts_dir, args.runs)
+    floor = [] if args.skip_floor else measure_floor(version_dir, args.texts_dir, args.runs)
     print_report(load, share, args.seconds)
     if lengths:
         print_lengths(lengths, versions, args.runs)
+    if floor:
+        print_floor(floor, version_dir, args.runs)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"model": str(version_dir), "cpu": cpu_description(),
                                         "load": [asdict(r) for r in load],
                                         "preprocess_share": asdict(share) if share else None,
                                         "lengths": [asdict(r) for r in lengths],
+                                        "floor": [asdict(r) for r in floor],
                                         "versions": {k: str(v) for k, v in versions.items()}}, indent=2))
     return 1 if any(r.failures for r in load) else 0
 
