@@ -179,17 +179,15 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
-def measure_preprocess_share(version_dir: pathlib.Path, text: str, runs: int) -> PreprocessShare | None:
+def measure_preprocess_share(loaded, version_dir: pathlib.Path, text: str, runs: int) -> PreprocessShare | None:
     """Times full signature vs. preprocessor vs. classifier-on-ids, interleaved so drift hits all three.
 
     Expects the exported module's attributes ``preprocessor`` (strings [B] -> dict of int32 [B, S]) and
     ``classify_features(input_word_ids, input_mask, input_type_ids)`` -> logits [B, C] (falls back to
-    ``classifier(dict)``). Returns None when the SavedModel exposes neither.
+    ``classifier(dict)``). Returns None when the SavedModel (``loaded``, from ``version_dir``) exposes neither.
     """
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
 
-    loaded = tf.saved_model.load(str(version_dir))
     full = loaded.signatures["serving_default"]
     if not hasattr(loaded, "preprocessor"):
         print(f"{version_dir}: no `preprocessor` attribute; skipping the preprocessing share", file=sys.stderr)
@@ -287,43 +285,38 @@ class FloorRow:
     """Median ms of one ``classify_features`` call on one text of ``tokens`` tokens, per runtime."""
 
     tokens: int
-    graph_ms: float  # the exported graph, as TF Serving runs it
-    xla_ms: float  # the same function compiled with XLA (jit_compile)
+    ms: dict  # runtime -> median ms: "graph" (the exported graph, as TF Serving runs it), "XLA" (jit_compile)
 
 
-def measure_floor(version_dir: pathlib.Path, texts_dir: str, runs: int) -> list[FloorRow]:
-    """Times the encoder + head on 2 / 32 / 256 tokens of real text, graph and XLA, interleaved in one process.
+def measure_floor(model, window: str, runs: int) -> list[FloorRow]:
+    """Times the loaded export's encoder + head on 2 / 32 / 256 tokens of real text, graph and XLA, interleaved.
 
-    The token ids are the first tokens of the one-window text (mask all ones), so only the length differs.
+    The token ids are the first tokens of ``window`` (a text filling one window; mask all ones), so only the
+    length differs.
     """
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
 
-    model = tf.saved_model.load(str(version_dir))
-    window = length_texts(texts_dir, model.preprocessor)["one window"]
-    full = model.preprocessor(tf.constant(window))
+    full = model.preprocessor(tf.constant([window]))
     if int(full["input_word_ids"].shape[1]) < max(FLOOR_TOKENS):
-        raise SystemExit(f"{version_dir}: trained length {full['input_word_ids'].shape[1]} < {max(FLOOR_TOKENS)}")
-    xla = tf.function(lambda *features: model.classify_features(*features), jit_compile=True)
+        raise SystemExit(f"trained length {full['input_word_ids'].shape[1]} < {max(FLOOR_TOKENS)}: no floor table")
+    runtimes = {"graph": model.classify_features,
+                "XLA": tf.function(lambda *features: model.classify_features(*features), jit_compile=True)}
     calls = {}
     for tokens in FLOOR_TOKENS:
         features = [full["input_word_ids"][:, :tokens], tf.ones([1, tokens], tf.int32),
                     tf.zeros([1, tokens], tf.int32)]
-        calls[("graph", tokens)] = (lambda f: lambda: model.classify_features(*f))(features)
-        calls[("xla", tokens)] = (lambda f: lambda: xla(*f))(features)
+        for runtime, classify in runtimes.items():
+            calls[(runtime, tokens)] = (lambda f, c: lambda: c(*f))(features, classify)
     timings = interleaved_timings(calls, runs)
-    return [FloorRow(tokens=t, graph_ms=_median_ms(timings[("graph", t)]), xla_ms=_median_ms(timings[("xla", t)]))
-            for t in FLOOR_TOKENS]
+    return [FloorRow(tokens=t, ms={r: _median_ms(timings[(r, t)]) for r in runtimes}) for t in FLOOR_TOKENS]
 
 
-def measure_lengths(version_dirs: dict[str, pathlib.Path], texts_dir: str, runs: int) -> list[LengthRow]:
-    """Times ``serving_default`` for every (precision, text) pair, interleaved round-robin in one process."""
+def measure_lengths(loaded: dict, texts: dict[str, list[str]], runs: int) -> list[LengthRow]:
+    """Times ``serving_default`` of every loaded export (name -> module, the first is the reference) for every
+    text of ``length_texts``, interleaved round-robin in one process."""
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
 
-    loaded = {name: tf.saved_model.load(str(path)) for name, path in version_dirs.items()}
     first = next(iter(loaded.values()))
-    texts = length_texts(texts_dir, first.preprocessor)
     calls = {}
     for precision, model in loaded.items():
         serve = model.signatures["serving_default"]
@@ -400,12 +393,12 @@ def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs
         print("| " + f"{batch.name}, texts/s" + " | | | " + " | ".join(
             f"{batch.texts / batch.ms[p] * 1000:.1f}" for p in precisions) + " |" * (len(others) + 1))
     print("(word pieces: of the text, untruncated; packed to: the bucket of the first window)")
+    short_batch, window_batch = batches  # the same number of texts: the ratio of ms is the ratio per text
     for p in precisions:
         short = by_name["short"].ms[p]
         print(f"{p}: a short text costs 1/{by_name['one window'].ms[p] / short:.1f} of one full window "
               f"({short:.1f} vs {by_name['one window'].ms[p]:.1f} ms) and 1/{by_name['whole article'].ms[p] / short:.1f}"
               f" of the whole article as this export reads it ({by_name['whole article'].ms[p]:.1f} ms)")
-        short_batch, window_batch = batches  # same number of texts: the ratio of ms is the ratio per text
         print(f"{p}: in batches of {short_batch.texts}, a short text costs 1/"
               f"{window_batch.ms[p] / short_batch.ms[p]:.1f} of a one-window text")
 
@@ -413,15 +406,14 @@ def print_lengths(rows: list[LengthRow], versions: dict[str, pathlib.Path], runs
 def print_floor(rows: list[FloorRow], version_dir: pathlib.Path, runs: int) -> None:
     print(f"\nFixed cost of one pass: classify_features (encoder + head, no tokenizer), one text, median of {runs}"
           f" interleaved calls; CPU: {cpu_description()}\n  model: {version_dir}")
-    print("| tokens | graph ms | XLA ms |\n|---|---|---|")
+    print("| tokens | " + " | ".join(f"{r} ms" for r in rows[0].ms) + " |\n" + "|---" * (len(rows[0].ms) + 1) + "|")
     for r in rows:
-        print(f"| {r.tokens} | {r.graph_ms:.2f} | {r.xla_ms:.2f} |")
-    by_tokens = {r.tokens: r for r in rows}
-    none, short, full = (by_tokens[t] for t in FLOOR_TOKENS)
-    for name, attr in (("graph", "graph_ms"), ("XLA", "xla_ms")):
-        print(f"{name}: {full.tokens} tokens cost {getattr(full, attr) / getattr(short, attr):.1f}x "
-              f"{short.tokens} tokens and {getattr(full, attr) / getattr(none, attr):.1f}x {none.tokens} tokens "
-              f"(no text): the most a short text can save against a full window in this runtime")
+        print(f"| {r.tokens} | " + " | ".join(f"{ms:.2f}" for ms in r.ms.values()) + " |")
+    none, short, full = rows  # FLOOR_TOKENS order
+    for runtime in full.ms:
+        print(f"{runtime}: {full.tokens} tokens cost {full.ms[runtime] / short.ms[runtime]:.1f}x {short.tokens} tokens "
+              f"and {full.ms[runtime] / none.ms[runtime]:.1f}x {none.tokens} tokens (no text): the most a short text "
+              f"can save against a full window in this runtime")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -477,17 +469,28 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_load:
             load = run_load(args.model_base_path, args.users, args.seconds, args.batch_size, args.texts_dir,
                             pathlib.Path(tmp))
-    if not args.skip_share:
-        share = measure_preprocess_share(version_dir, longest_text(args.texts_dir), args.runs)
     lengths: list[LengthRow] = []
+    floor: list[FloorRow] = []
     versions = {"fp32": version_dir}
     if args.bf16_model_base_path:
         versions["bf16"] = latest_version(args.bf16_model_base_path)
     for name, path in args.compare:
         versions[name] = latest_version(path)
-    if not args.skip_lengths:
-        lengths = measure_lengths(versions, args.texts_dir, args.runs)
-    floor = [] if args.skip_floor else measure_floor(version_dir, args.texts_dir, args.runs)
+    if not (args.skip_share and args.skip_lengths and args.skip_floor):
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (registers the TF-Text ops the preprocessor uses)
+
+        fp32 = tf.saved_model.load(str(version_dir))  # loaded once, shared by the in-process sections
+        if not args.skip_share:
+            share = measure_preprocess_share(fp32, version_dir, longest_text(args.texts_dir), args.runs)
+        if not (args.skip_lengths and args.skip_floor):
+            texts = length_texts(args.texts_dir, fp32.preprocessor)
+        if not args.skip_lengths:
+            loaded = {"fp32": fp32} | {name: tf.saved_model.load(str(path)) for name, path in versions.items()
+                                       if name != "fp32"}
+            lengths = measure_lengths(loaded, texts, args.runs)
+        if not args.skip_floor:
+            floor = measure_floor(fp32, texts["one window"][0], args.runs)
     print_report(load, share, args.seconds)
     if lengths:
         print_lengths(lengths, versions, args.runs)
