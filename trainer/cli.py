@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
 import logging
 import sys
 
@@ -30,6 +31,26 @@ Set TF_CPP_MIN_LOG_LEVEL yourself or pass -v to see TensorFlow's C++ start-up me
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the line that matters, not 24 lines of usage above it."""
+
+    def error(self, message: str):  # noqa: D401 (argparse's name)
+        self.exit(2, f"{self.prog}: error: {message}\n  (`{self.prog} --help` explains every flag)\n")
+
+
+def check_encoder_name(name: str, encoder_handle: str | None) -> None:
+    """An unknown --encoder fails before any data is read, naming the closest registered names."""
+    if encoder_handle is not None:
+        return
+    from trainer.encoders import ENCODERS  # noqa: PLC0415 (no TensorFlow import)
+
+    if name not in ENCODERS:
+        close = difflib.get_close_matches(name, ENCODERS, n=3, cutoff=0.0)
+        raise ConfigError(f"unknown --encoder {name!r}; closest: {', '.join(close)} "
+                          "(`python -m trainer encoders` lists them all; or pass --encoder-handle and "
+                          "--preprocess-handle for any TF Hub-style model)")
+
+
 def _int_or_auto(value: str) -> int | None:
     return None if value.lower() in ("", "auto", "none") else int(value)
 
@@ -39,7 +60,7 @@ def _optional_int(value: str) -> int | None:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m trainer", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Fine-tune a pretrained BERT encoder on news articles with a custom GradientTape loop, keep "
                     "the best-validation checkpoint and export it as a versioned raw-text SavedModel.")
@@ -163,11 +184,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.pop("cache_dir", None)
     if args.seed_notebook:
         values.update(SEED_NOTEBOOK)
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    check_encoder_name(cfg.encoder, cfg.encoder_handle)
+    return cfg
 
 
 def analyze_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer analyze",
+    p = Parser(prog="python -m trainer analyze",
                                 description="Corpus statistics that drive the choice of --seq-length: per-class "
                                             "counts per split, words per class, word-piece lengths vs 128/256/512.")
     p.add_argument("--data-dir", default=None, help="folder of class folders (default: BBC in --cache-dir)")
@@ -177,6 +200,7 @@ def analyze_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--encoder", default=D.encoder,
                    help="whose tokenizer counts word pieces (default %(default)s); 'none' counts words only")
+    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own C++ start-up messages too")
     return p
 
 
@@ -225,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if args.encoder != "none":
+        try:
+            check_encoder_name(args.encoder, None)
+        except ConfigError as e:
+            analyze_parser().error(str(e))
+    from trainer import quiet  # noqa: PLC0415
+
+    quiet.import_tensorflow(verbose=args.verbose)
     from trainer import analyze, data  # noqa: PLC0415
 
     cache_dir = args.cache_dir or default_cache_dir()
