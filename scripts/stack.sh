@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The Docker stack without Docker: train (smoke-sized) -> dev server -> TensorBoard -> short Locust run,
-# with the same folders and ports as docker-compose.yml, then stop everything this script started.
+# on the same ports as docker-compose.yml, then stop everything this script started.
 #
 #   scripts/stack.sh                      # or: make stack
 #   BERTBC_STACK_KEEP=1 scripts/stack.sh  # keep server + TensorBoard up after the load test (Ctrl-C stops)
+#   BERTBC_TRAIN_ARGS="--seq-length 128" scripts/stack.sh   # more trainer flags (word-split), e.g. --new-run
 #
-# Like the compose trainer, training is skipped when models/bertbc already holds a version (so a real
-# model is never buried under a smoke model); BERTBC_RETRAIN=1 trains anyway. Every setting below can be
-# overridden from the environment. Exit code: the load test's verdict (0 = PASS).
+# Everything it writes goes under one folder of its own, stack/ (BERTBC_STACK_DIR): stack/checkpoints,
+# stack/logs, stack/models/bertbc, stack/reports. Your `make train` runs (checkpoints/, logs/) and models
+# (models/bertbc) are never read or written, so a stack run can neither block a resume nor publish its smoke
+# model where `make serve` looks. Training is skipped when stack/models/bertbc already holds a version;
+# BERTBC_RETRAIN=1 trains anyway. Every setting below can be overridden from the environment.
+# Exit code: the load test's verdict (0 = PASS).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,10 +25,11 @@ SEQ_LENGTH=${BERTBC_SEQ_LENGTH:-64}
 MAX_TRAIN_DOCS=${BERTBC_MAX_TRAIN_DOCS:-64}
 MAX_VAL_DOCS=${BERTBC_MAX_VAL_DOCS:-32}
 CACHE_DIR=${BERTBC_CACHE_DIR:-$HOME/.cache/bertbc}
-MODELS_DIR=${BERTBC_MODELS_DIR:-models}
-LOGS_DIR=${BERTBC_LOGS_DIR:-logs}
-CHECKPOINTS_DIR=${BERTBC_CHECKPOINTS_DIR:-checkpoints}
-REPORTS_DIR=${BERTBC_REPORTS_DIR:-reports/stack}
+STACK_DIR=${BERTBC_STACK_DIR:-stack}              # the stack's own folder: never checkpoints/, logs/, models/
+MODELS_DIR=$STACK_DIR/models
+LOGS_DIR=$STACK_DIR/logs
+CHECKPOINTS_DIR=$STACK_DIR/checkpoints
+REPORTS_DIR=$STACK_DIR/reports
 REST_PORT=${BERTBC_REST_PORT:-8501}
 TB_PORT=${BERTBC_TB_PORT:-6006}
 USERS=${BERTBC_LOCUST_USERS:-4}
@@ -92,6 +97,11 @@ EOF
 for port in "$REST_PORT" "$TB_PORT"; do
   port_free "$port" || { log "port $port on 127.0.0.1 is in use (stop the other server or set BERTBC_REST_PORT/BERTBC_TB_PORT)"; exit 2; }
 done
+mkdir -p "$STACK_DIR"
+if [[ "$(cd "$STACK_DIR" && pwd -P)" == "$(pwd -P)" ]]; then
+  log "BERTBC_STACK_DIR=${STACK_DIR} is the project folder: the stack would write into your checkpoints/ and models/"
+  exit 2
+fi
 mkdir -p "$REPORTS_DIR" "$LOGS_DIR" "$CHECKPOINTS_DIR" "$BASE_PATH"
 
 # 1. trainer (one-shot, like the compose service)
@@ -106,7 +116,8 @@ else
     --seq-length "$SEQ_LENGTH" --max-train-docs "$MAX_TRAIN_DOCS" --max-val-docs "$MAX_VAL_DOCS" \
     --logdir "$LOGS_DIR" --checkpoint-dir "$CHECKPOINTS_DIR" --model-base-path "$BASE_PATH" \
     --model-name bertbc --cache-dir "$CACHE_DIR" ${BERTBC_TRAIN_ARGS:-} > "${REPORTS_DIR}/trainer.log" 2>&1 \
-    || { log "trainer failed; last lines of ${REPORTS_DIR}/trainer.log:"; tail -n 30 "${REPORTS_DIR}/trainer.log" >&2; exit 1; }
+    || { log "trainer failed; last lines of ${REPORTS_DIR}/trainer.log:"; tail -n 30 "${REPORTS_DIR}/trainer.log" >&2
+         log "(more trainer flags: BERTBC_TRAIN_ARGS=\"--new-run ...\"; or start afresh: rm -r ${STACK_DIR})"; exit 1; }
 fi
 
 # 2. dev server (the compose `serving` service's flags, with local paths)
@@ -142,11 +153,28 @@ fi
 
 cat >&2 <<EOF
 
-[stack] done (load test exit code ${status}). Where to look:
+[stack] done (load test exit code ${status}). Where to look (all under ${STACK_DIR}/):
   model versions   ${BASE_PATH}/<N>  (model_card.json inside)
   TensorBoard logs ${LOGS_DIR}/        (.venv/bin/tensorboard --logdir ${LOGS_DIR})
   checkpoints      ${CHECKPOINTS_DIR}/
   load test        ${REPORTS_DIR}/loadtest.html, ${REPORTS_DIR}/loadtest_stats.csv
   process logs     ${REPORTS_DIR}/{trainer,server,tensorboard,loadtest}.log
+EOF
+# What was served: the newest version's card, so nobody mistakes the smoke model for the real one.
+"$PY" - "$BASE_PATH" <<'EOF' >&2 || true
+import json, pathlib, sys
+base = pathlib.Path(sys.argv[1])
+versions = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+card_path = versions[-1] / "model_card.json" if versions else None
+if card_path is None or not card_path.is_file():
+    sys.exit(f"[stack] no model card in {base}: its model's accuracy is unknown")
+card = json.loads(card_path.read_text())
+encoder, docs = card["encoder"]["name"], card["data"]["train_docs"]
+accuracy, epochs = card["best_val_accuracy"], len(card["epochs"])
+kind = "a SMOKE model" if encoder == "tiny-random" or docs < 1780 else "the stack's own model"
+print(f"[stack] {versions[-1]} is {kind} ({encoder}, {docs} training docs, {epochs} epoch(s)): "
+      f"validation accuracy {accuracy:.3f}.")
+print("[stack] `make train` trains the real model into models/bertbc/ (the folder `make serve` serves); "
+      "the stack never touches it.")
 EOF
 exit "$status"
