@@ -14,7 +14,7 @@ DURATION ?= 30s
 
 .DEFAULT_GOAL := help
 .PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy bench-windows \
-        bench-pipeline bench-serving profile-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
+        bench-pipeline bench-data bench-serving profile-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
 # Compose: the CPU override unless this host has an NVIDIA driver (nvidia-smi); COMPOSE_FILES=... to choose.
 COMPOSE_FILES ?= -f docker-compose.yml $(if $(shell command -v nvidia-smi),,-f compose.cpu.yml)
 
@@ -52,7 +52,7 @@ loadtest: install ## headless Locust against URL (default 127.0.0.1:8501); CSV +
 	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
 	  --host $(URL) --csv reports/loadtest --html reports/loadtest.html --only-summary --stop-timeout 10s
 
-stack: install ## native stack without Docker: smoke training, dev server, TensorBoard, short Locust run
+stack: install ## native stack, no Docker: smoke training, dev server, TensorBoard, Locust; writes only stack/ (BERTBC_TRAIN_ARGS=... for more trainer flags)
 	bash scripts/stack.sh
 
 test: install ## the test suite (what CI runs), incl. the compose e2e test (BERTBC_SKIP_COMPOSE=1 opts out)
@@ -67,7 +67,7 @@ compose-loadtest: ## Locust in the compose stack, as your uid/gid so the reports
 
 k8s-render: install ## render every Kubernetes target (deploy/kubernetes) into reports/kubernetes/ and validate it
 	mkdir -p reports/kubernetes
-	for dir in deploy/kubernetes/overlays/* deploy/kubernetes/kserve deploy/kubernetes/kubeflow; do \
+	for dir in deploy/kubernetes/setup deploy/kubernetes/overlays/* deploy/kubernetes/kserve deploy/kubernetes/kubeflow; do \
 	  $(VENV)/bin/kubectl kustomize $$dir > reports/kubernetes/$$(basename $$dir).yaml || exit 1; done
 	$(VENV)/bin/kubernetes-validate --strict --quiet reports/kubernetes/*.yaml
 	$(PY) -m pytest -q tests/test_kubernetes.py
@@ -84,6 +84,12 @@ bench-windows: install ## the newest finished run read over windows vs its head 
 
 bench-pipeline: install ## steps/s: tf.function vs eager, parallel vs serial input, fp32 vs bf16, input wait, FLOP/s
 	$(PY) benchmarks/bench_pipeline.py $(DATA_FLAG)
+
+# The generated 1M-row (~1 GB) CSV of bench-data lives outside the repo; it is written when missing.
+BIG_CSV ?= /tmp/bertbc-big.csv
+
+bench-data: install ## corpus/ readers on a generated 1M-row ~1 GB CSV: rows/s and peak RSS per phase (CPU named)
+	$(PY) benchmarks/bench_data.py --csv $(BIG_CSV)
 
 # The bf16 export of the same run, for the fp32-vs-bf16 columns: make bf16-export (or MODELS_BF16= to skip).
 MODELS ?= models/bertbc
@@ -108,4 +114,4 @@ golden: install ## regenerate tests/fixtures/minilm_golden.json with PyTorch + t
 	.venv-ref/bin/python scripts/make_golden.py
 
 clean: ## remove run outputs (keeps .venv and the encoder cache)
-	rm -rf logs checkpoints reports .pytest_cache
+	rm -rf logs checkpoints reports stack .pytest_cache

@@ -57,3 +57,13 @@ def test_analyze_hides_tensorflow_start_up_noise(tmp_path):
     for noise in ("cuda drivers", "cpu_feature_guard", "cuInit", "oneDNN custom operations"):
         assert noise not in done.stderr, done.stderr[-2000:]
     assert (tmp_path / "out" / "analysis.json").exists()
+
+
+def test_an_unwritable_output_folder_is_named_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    err = _error_of(["--data-dir", str(tmp_path / "missing"), "--checkpoint-dir", str(blocker / "ckpt"),
+                     "--cache-dir", str(tmp_path / "cache")], capsys)
+    first = err.splitlines()[0]
+    assert f"--checkpoint-dir {blocker / 'ckpt'}: not writable" in first, err
+    assert "does not exist" not in err  # refused before the data is looked at

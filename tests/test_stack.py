@@ -11,11 +11,13 @@ The same stack, run for real on a Docker engine, is tests/test_compose_e2e.py.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -657,3 +659,124 @@ def test_train_distributed_workers_are_the_trainer_with_tf_config(base, cpu):
         assert "deploy" not in cpu["services"][name]
         assert cpu["services"][name]["build"]["args"] == cpu["services"]["trainer"]["build"]["args"]
     assert "TF_CONFIG" not in trainer["environment"]
+
+
+def test_train_distributed_workers_reserve_different_gpus(base, cpu):
+    """`count: 1` makes Docker hand device 0 to every worker: each worker names its own device instead."""
+    devices = {}
+    for name in ("trainer-worker-0", "trainer-worker-1"):
+        (device,) = base["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in device and device["capabilities"] == ["gpu"], name
+        (devices[name],) = device["device_ids"]
+        assert "deploy" not in cpu["services"][name]
+    assert devices == {"trainer-worker-0": "0", "trainer-worker-1": "1"}  # the defaults, distinct
+    raw = BASE.read_text()
+    assert "${BERTBC_WORKER0_GPU:-0}" in raw and "${BERTBC_WORKER1_GPU:-1}" in raw  # one-GPU hosts: both 0
+
+
+# ---------------------------------------------------------------- make stack: its own folders, never the user's
+
+# Stands in for .venv/bin/python in a copy of the project: `-m trainer` writes what the trainer writes, where
+# its flags say, `-m serving` answers the model status endpoint; every other call (stack.sh's inline
+# scripts) runs the real interpreter. Each of the two records its arguments.
+_STACK_PYTHON_STUB = """#!{python}
+import argparse, json, os, pathlib, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+if sys.argv[1:3] != ["-m", "trainer"] and sys.argv[1:3] != ["-m", "serving"]:
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+with open(os.environ["STACK_CALLS"], "a") as calls:
+    calls.write(json.dumps(sys.argv[2:]) + "\\n")
+flags = argparse.ArgumentParser()
+for name in ("--logdir", "--checkpoint-dir", "--model-base-path", "--encoder", "--max-train-docs",
+             "--rest_api_port"):
+    flags.add_argument(name)
+args, _ = flags.parse_known_args(sys.argv[3:])
+if sys.argv[2] == "trainer":
+    for folder in (pathlib.Path(args.logdir) / "run-smoke", pathlib.Path(args.checkpoint_dir) / "run-smoke" / "latest"):
+        folder.mkdir(parents=True)
+        (folder / "written").write_text("stack")
+    version = pathlib.Path(args.model_base_path) / "1"
+    version.mkdir(parents=True)
+    (version / "model_card.json").write_text(json.dumps({{
+        "encoder": {{"name": args.encoder}}, "data": {{"train_docs": int(args.max_train_docs)}},
+        "best_val_accuracy": 0.15625, "epochs": [{{"epoch": 1}}]}}))
+    sys.exit(0)
+
+class Status(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"model_version_status": [{{"version": "1", "state": "AVAILABLE"}}]}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+HTTPServer(("127.0.0.1", int(args.rest_api_port)), Status).serve_forever()
+"""
+
+
+def _tree(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_stack_writes_only_under_stack_and_says_its_model_is_a_smoke_model(tmp_path):
+    """`make stack` after an interrupted `make train`: the user's checkpoints/, logs/ and models/bertbc stay
+    byte for byte, the trainer and the dev server are pointed at stack/, and the end says what was served."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "stack.sh", project / "scripts" / "stack.sh")
+    bin_dir = project / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    stubs = {"python": _STACK_PYTHON_STUB.format(python=sys.executable),
+             "tensorboard": "#!/bin/sh\nexec sleep 60\n",
+             "locust": '#!/bin/sh\necho "LOCUST $*"\n'}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    users = {"checkpoints/20261127-unfinished/latest/ckpt-3.index": b"\x00user checkpoint",
+             "checkpoints/20261127-unfinished/run.json": b'{"epochs": 4}',
+             "logs/20261127-unfinished/train/events.out.tfevents.1": b"\x01events",
+             "models/bertbc/1/saved_model.pb": b"\x02the real model",
+             "models/bertbc/1/model_card.json": b'{"best_val_accuracy": 0.9888}'}
+    for rel, data in users.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_bytes(data)
+    before = _tree(project)
+    calls = tmp_path / "calls.jsonl"
+    env = {**os.environ, "STACK_CALLS": str(calls), "BERTBC_DATA_DIR": str(tmp_path / "no-data"),
+           "BERTBC_CACHE_DIR": str(tmp_path / "cache"), "BERTBC_REST_PORT": str(_free_port()),
+           "BERTBC_TB_PORT": str(_free_port()), "BERTBC_READY_TIMEOUT": "20",
+           "BERTBC_TRAIN_ARGS": "--seq-length 32 --new-run"}
+    result = subprocess.run(["bash", "scripts/stack.sh"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    after = _tree(project)
+    assert {rel: after[rel] for rel in before} == before
+    assert not [rel for rel in after if rel not in before and not rel.startswith("stack/")]
+    trainer, serving = (json.loads(line) for line in calls.read_text().splitlines())
+    assert trainer[0] == "trainer" and serving[0] == "serving"
+    for flag, folder in (("--checkpoint-dir", "stack/checkpoints"), ("--logdir", "stack/logs"),
+                         ("--model-base-path", "stack/models/bertbc")):
+        assert trainer[trainer.index(flag) + 1] == folder
+    assert trainer[-3:] == ["--seq-length", "32", "--new-run"]
+    assert serving[serving.index("--model_base_path") + 1] == "stack/models/bertbc"
+    assert "--csv stack/reports/loadtest" in result.stdout
+    assert "stack/models/bertbc/1 is a SMOKE model (tiny-random, 64 training docs" in result.stderr
+    assert "validation accuracy 0.156" in result.stderr and "`make train` trains the real model" in result.stderr
+
+
+def test_stack_refuses_the_project_folder_as_its_own(tmp_path):
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "stack.sh", project / "scripts" / "stack.sh")
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    env = {**os.environ, "BERTBC_STACK_DIR": ".", "BERTBC_REST_PORT": str(_free_port()),
+           "BERTBC_TB_PORT": str(_free_port())}
+    result = subprocess.run(["bash", "scripts/stack.sh"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "is the project folder" in result.stderr
+    assert sorted(p.name for p in project.iterdir()) == [".venv", "scripts"]

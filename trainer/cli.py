@@ -10,6 +10,7 @@ import logging
 import sys
 
 from trainer.config import SEED_NOTEBOOK, ConfigError, TrainConfig, default_cache_dir
+from trainer.preflight import PreflightError, check_writable
 
 D = TrainConfig()
 
@@ -17,6 +18,8 @@ EPILOG = f"""\
 subcommands:
   python -m trainer analyze --data-dir DIR [--out-dir DIR]   corpus statistics that drive --seq-length
   python -m trainer encoders                                 list the encoder registry
+  python -m trainer publish [--canary] [--version N]         label a blessed version stable (or canary)
+  python -m trainer promote | rollback                       stable := canary | stable := the previous stable
 
 The seed notebook's settings are: --seed-notebook  (= {' '.join(f'--{k.replace("_", "-")} {v}'
                                                                for k, v in SEED_NOTEBOOK.items())})
@@ -28,6 +31,11 @@ refuses and names them: pass the run's flags, or --new-run. A finished run is ne
 Multi-worker: when TF_CONFIG names several tasks, every worker runs this same command; worker 0 (or the chief
 task) writes logs, checkpoints and the version, the others only train. --checkpoint-dir must be shared storage.
 Set TF_CPP_MIN_LOG_LEVEL yourself or pass -v to see TensorFlow's C++ start-up messages (hidden by default).
+
+Publishing: before a version is renamed into place it is loaded in a fresh process and replays its warm-up
+requests (--load-check), then scored against the served version (--gate). A refused export goes to
+<model-base-path>/../rejected/<model-name>/<run>. Exit codes: 0 published, 2 bad flags/data/run,
+3 the gate refused the candidate, 4 the load check failed (docs/retrain.md).
 """
 
 
@@ -152,6 +160,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="start a new run even if the newest run is unfinished (it is left as it is)")
     g.add_argument("--steps-per-summary", type=int, default=D.steps_per_summary,
                    help="write step loss and learning rate every N steps (default %(default)s)")
+    g.add_argument("--save-every-minutes", type=float, default=D.save_every_minutes,
+                   help="save a step checkpoint (model, optimizer, position in the epoch) in latest/steps/ this "
+                        "often, so kill -9 loses at most that much training; 0 = only at epoch ends. Ctrl-C or "
+                        "SIGTERM saves at the next step and exits (default %(default)s)")
     g.add_argument("--export-only", action="store_true",
                    help="skip training: re-export the best checkpoint of --run (default the newest finished run) "
                         "as a new version, with the settings the run was trained with (flags that contradict "
@@ -162,6 +174,23 @@ def train_parser() -> argparse.ArgumentParser:
                         "pooling and head in float32; only for encoders built here (minilm-l6, tiny-random). bf16 "
                         "pays off only where bf16 matmuls are native (CPUs with AVX512-BF16/AMX under oneDNN, "
                         "Ampere+ GPUs); elsewhere it is emulated and slower (default %(default)s)")
+    g = p.add_argument_group("publishing (docs/retrain.md)")
+    g.add_argument("--gate", choices=("on", "off"), default=D.gate,
+                   help="publish only if the candidate's accuracy (micro-F1 for multi-label data) on the evaluation "
+                        "set is >= --gate-min and >= the served version's minus --gate-tolerance; else exit 3 "
+                        "(default %(default)s; off = publish as before)")
+    g.add_argument("--gate-min", type=float, default=None,
+                   help="absolute floor of the gate's metric, e.g. 0.9 (default none); the first version only has "
+                        "to meet this")
+    g.add_argument("--gate-tolerance", type=float, default=None,
+                   help="how far below the served version's score the candidate may be (default one document "
+                        "of the evaluation set: 1/N)")
+    g.add_argument("--gate-data", default=None,
+                   help="evaluate on this gold set (class folders, or CSV/TSV/JSON lines/Parquet with columns "
+                        "'text' and 'label') instead of the test/validation split")
+    g.add_argument("--load-check", choices=("on", "off"), default=D.load_check,
+                   help="load the candidate in a fresh process (tensorflow_model_server if on PATH) and replay its "
+                        "warm-up requests before publishing; a failure exits 4 (default %(default)s)")
     g.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, and TensorFlow's own C++/Python start-up messages")
     return p
@@ -217,12 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["analyze"]:
         return _analyze(analyze_parser().parse_args(argv[1:]))
+    if argv[:1] in (["publish"], ["promote"], ["rollback"]):
+        from trainer import release  # noqa: PLC0415 (no TensorFlow import)
+
+        return release.main(argv)
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except ConfigError as e:
-        parser.error(str(e))
+        check_writable({"--checkpoint-dir": cfg.checkpoint_dir, "--logdir": cfg.logdir,
+                        "--model-base-path": cfg.model_base_path, "--cache-dir": cfg.cache_dir})
+    except (ConfigError, PreflightError) as e:
+        parser.error(str(e))  # exit 2: a Job's podFailurePolicy fails at once instead of retrying
     from trainer import quiet  # noqa: PLC0415
 
     quiet.import_tensorflow(verbose=args.verbose)
@@ -230,13 +265,25 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.data import DataError  # noqa: PLC0415
     from trainer.distributed import ClusterError  # noqa: PLC0415
     from trainer.encoders import EncoderError  # noqa: PLC0415
+    from trainer.gate import GateDataError, PublishRefused  # noqa: PLC0415
+    from trainer.interrupts import Interrupted  # noqa: PLC0415
 
     try:
         if cfg.export_only:
             result = run.export_only(cfg, explicit_keys(parser, argv))
         else:
             result = run.train_and_export(cfg)
-    except (DataError, EncoderError, run.RunError, ClusterError, FileNotFoundError) as e:
+    except Interrupted as e:  # SIGINT/SIGTERM while training: saved at a step boundary (trainer/interrupts.py)
+        print(e, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (start-up, export): nothing trained is lost
+        print("interrupted outside training (nothing trained is lost); rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except PublishRefused as e:  # the gate (3) or the load check (4): one line naming both figures / the cause
+        logging.getLogger("bertbc.trainer").error("%s", e)
+        return e.exit_code
+    except (DataError, EncoderError, run.RunError, ClusterError, FileNotFoundError, GateDataError) as e:
         logging.getLogger("bertbc.trainer").error("%s", e)
         return 2
     if result.version is None:
