@@ -1,0 +1,100 @@
+"""A user's own corpus end to end: a CSV with title/body columns and integer labels mapped to names, a stratified
+held-out test set scored through the exported graph, `evaluate` on any file, and one-line data errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOY, run_trainer, toy_text
+
+NAMES = {"1": "World", "2": "Sports", "3": "Business"}
+TOPIC = {"World": "politics", "Sports": "sport", "Business": "business"}  # the toy vocabulary of each class
+
+
+def write_csv(path: Path, rows_per_class: int = 16, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["title", "body", "topic"])
+        for value, name in NAMES.items():
+            for _ in range(rows_per_class):
+                writer.writerow([f"About {name.lower()}, with a \"quote\"", toy_text(TOPIC[name], rng), int(value)])
+    return path
+
+
+def flags(tmp: Path, cache_dir: Path, data: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--text-column", "title", "--text-column", "body", "--label-column", "topic",
+            "--label-names", ",".join(f"{k}={v}" for k, v in NAMES.items()), "--cache-dir", str(cache_dir),
+            "--encoder", TOY["encoder"], "--seq-length", str(TOY["seq_length"]), "--batch-size", "8",
+            "--learning-rate", str(TOY["learning_rate"]), "--epochs", "1", "--val-windows", "1",
+            "--logdir", str(tmp / "logs"), "--checkpoint-dir", str(tmp / "ckpt"),
+            "--model-base-path", str(tmp / "models" / "bertbc"), *extra]
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory, cache_dir, tiny_encoder):
+    tmp = tmp_path_factory.mktemp("own")
+    data = write_csv(tmp / "news.csv")
+    done = run_trainer(flags(tmp, cache_dir, data, "--test-split", "0.25"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, data, done
+
+
+def test_csv_with_label_names_trains_exports_and_scores_its_test_set_once(csv_run):
+    tmp, _, done = csv_run
+    card = json.loads((tmp / "models" / "bertbc" / "1" / "model_card.json").read_text())
+    assert card["data"]["class_names"] == ["World", "Sports", "Business"]  # --label-names order, served names
+    test = card["test"]
+    assert test["documents"] == 12  # a quarter of each class's 16 rows, stratified
+    assert [m["support"] for m in test["per_class"].values()] == [4, 4, 4]
+    assert sum(map(sum, test["confusion"])) == 12
+    assert test["misclassified_count"] == 12 - round(test["accuracy"] * 12)
+    assert "held-out test accuracy" in done.stdout.strip().splitlines()[-1]
+    assert "data report" in done.stderr and "rows read 48" in done.stderr
+
+
+def test_the_exported_model_serves_the_datas_own_names(csv_run):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    tmp, _, _ = csv_run
+    loaded = tf.saved_model.load(str(tmp / "models" / "bertbc" / "1"))
+    out = loaded.signatures["serving_default"](text=tf.constant(["About sports, a match"]))
+    assert out["label"].numpy()[0].decode() in NAMES.values()
+    assert out["probabilities"].shape == (1, 3)
+
+
+def test_evaluate_scores_any_version_on_any_labelled_file(csv_run, tmp_path):
+    tmp, data, _ = csv_run
+    out = tmp_path / "report.json"
+    done = run_trainer(["evaluate", "--model", str(tmp / "models" / "bertbc"), "--data", str(data),
+                        "--text-column", "title", "--text-column", "body", "--label-column", "topic",
+                        "--label-names", ",".join(f"{k}={v}" for k, v in NAMES.items()), "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["documents"] == 48 and report["model"].endswith("bertbc/1")
+    assert sum(map(sum, report["confusion"])) == 48
+    assert f"accuracy {report['accuracy']:.4f}" in done.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--label-column", "category"], "unknown column(s) 'category'; the file has columns 'title', 'body', 'topic'"),
+    (["--label-names", "1=World,2=Sports"], "--label-names has no name for value(s) '3'"),
+])
+def test_bad_data_is_one_line_before_training(extra, message, tmp_path, cache_dir):
+    data = write_csv(tmp_path / "news.csv", rows_per_class=4)
+    args = flags(tmp_path, cache_dir, data)
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        args[args.index(flag) + 1] = value
+    done = run_trainer(args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "models").exists()
