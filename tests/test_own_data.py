@@ -98,3 +98,55 @@ def test_bad_data_is_one_line_before_training(extra, message, tmp_path, cache_di
     assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_dedup_drops_validation_rows_that_copy_training_rows(tmp_path):
+    from trainer.own_data import load_own_corpus
+
+    data = write_csv(tmp_path / "news.csv", rows_per_class=30)
+    # Every row again, in upper case: exact copies always hash to one split, these land anywhere.
+    rows = list(csv.reader(open(data, encoding="utf-8")))[1:]
+    with open(data, "a", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        for title, body, topic in rows:
+            writer.writerow([title.upper(), body + " ", topic])
+    kw = dict(text_columns=("title", "body"), label_column="topic", validation_split=0.3, seed=1)
+    plain, deduped = load_own_corpus(str(data), **kw), load_own_corpus(str(data), dedup=True, **kw)
+    norm = lambda t: " ".join(t.decode().lower().split())  # noqa: E731
+    train = {norm(t) for t in plain.train_texts}
+    leaked = [t for t in plain.val_texts if norm(t) in train]
+    assert leaked, "the fixture must put copies of training rows into validation"
+    assert len(deduped.val_texts) == len(plain.val_texts) - len(leaked)
+    assert not [t for t in deduped.val_texts if norm(t) in train]
+    assert deduped.train_texts == plain.train_texts  # training rows are never removed
+
+
+def test_several_labels_per_row_are_refused_in_one_line(tmp_path):
+    from trainer.data import DataError
+    from trainer.own_data import load_own_corpus
+
+    path = tmp_path / "tags.jsonl"
+    path.write_text("".join(json.dumps({"text": f"doc {i}", "label": ["a", "b"] if i == 3 else ["ab"[i % 2]]}) + "\n"
+                            for i in range(12)))
+    with pytest.raises(DataError, match=r"tags.jsonl:4 has several labels .* single-label models only"):
+        load_own_corpus(str(path))
+
+
+@pytest.mark.parametrize("data, options, plain", [
+    (None, {}, True),  # BBC from the cache: the seed notebook's split
+    ("toy", {}, True),
+    ("toy", {"test_split": 0.1}, False),
+    ("toy", {"dedup": True}, False),
+    ("toy", {"encoding": "latin-1"}, False),
+    ("missing", {}, True),  # today's "does not exist" message
+    ("table.csv", {}, False),
+])
+def test_which_corpora_keep_the_class_folder_path(data, options, plain, tmp_path):
+    from tests.conftest import write_toy_corpus
+    from trainer.own_data import is_plain_folder_corpus
+
+    write_toy_corpus(tmp_path / "toy", docs_per_class=2)
+    write_csv(tmp_path / "table.csv", rows_per_class=2)
+    path = None if data is None else str(tmp_path / data)
+    kwargs = {"test_split": 0.0, "test_data": None, "validation_data": None, "encoding": "utf-8", **options}
+    assert is_plain_folder_corpus(path, **kwargs) is plain

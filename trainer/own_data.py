@@ -40,16 +40,16 @@ def split_paths(data: str) -> str | list[str]:
 
 
 def is_plain_folder_corpus(data: str | None, *, test_split: float, test_data: str | None,
-                           validation_data: str | None, encoding: str) -> bool:
+                           validation_data: str | None, encoding: str, dedup: bool = False) -> bool:
     """Whether `data` takes today's class-folder path (the seed notebook's split, exactly).
 
     A missing path or a folder with neither class folders nor data files goes there too, for its messages
     about the expected layout.
     """
+    if test_split or test_data is not None or validation_data is not None or dedup:
+        return False
     if data is None:
         return True
-    if test_split or test_data is not None or validation_data is not None:
-        return False
     if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         return False
     if class_root(data) is not None:
@@ -77,6 +77,7 @@ def load_own_corpus(
     validation_data: str | None = None,
     test_data: str | None = None,
     min_examples: int = 2,
+    dedup: bool = False,
     max_train_docs: int | None = None,
     max_val_docs: int | None = None,
 ) -> Corpus:
@@ -96,18 +97,31 @@ def load_own_corpus(
             (dropped.append(row) if isinstance(row, BadRow) else rows[split].append(row))
         rows["train"] = rows["train"][:max_train_docs]
         rows["validation"] = rows["validation"][:max_val_docs]
-        labels = build_label_set(count_labels(rows["train"]), label_names=label_names,
-                                 min_examples=min_examples, where=str(data), column=label_column)
+        tally = count_labels(rows["train"])
+        if tally.multi_rows:
+            raise CorpusError(f"{data}: row {tally.first_multi} has several labels ({tally.multi_rows} such rows); "
+                              "this trainer trains single-label models only (multi-label training is not built "
+                              "yet): give each row one label")
+        labels = build_label_set(tally, label_names=label_names, min_examples=min_examples, where=str(data),
+                                 column=label_column)
         for split in ("validation", "test"):
             _check_known(rows[split], labels, split)
         if not rows["validation"]:
             raise CorpusError(f"{data}: the validation split is empty; give more rows, a larger "
                               "--validation-split or --validation-data")
-        report = build_report(pairs).finish()
+        report = build_report(pairs)
     except CorpusError as e:
         raise DataError(str(e)) from None
     _log_drops(dropped)
-    log.info("data report:\n%s", format_report(report))
+    log.info("data report:\n%s", format_report(report.finish()))
+    if dedup:
+        duplicates = report.cross_split_duplicate_ids()
+        for split in ("validation", "test"):
+            before = len(rows[split])
+            rows[split] = [r for r in rows[split] if r.id not in duplicates]
+            if before != len(rows[split]):
+                log.info("--dedup: removed %d %s row(s) that duplicate an earlier split (exact, normalized or "
+                         "near)", before - len(rows[split]), split)
 
     def texts(split):
         return tuple(r.text.encode("utf-8") for r in rows[split])
