@@ -12,6 +12,10 @@ Thresholds are custom Locust options checked when Locust quits; the verdict beco
 
 Texts come from ``--texts-dir`` / ``$BERTBC_LOADTEST_TEXTS`` (every ``*.txt`` below it, e.g. the BBC
 corpus), else from the small built-in set in ``loadtest/texts/``.
+
+``--model-version-label stable`` / ``$BERTBC_LOADTEST_VERSION_LABEL=stable`` sends every request to the version a
+label names, ``/v1/models/<model>/labels/stable:predict`` (TF Serving's version labels, set in the server's
+``--model_config_file``), e.g. to keep load on ``stable`` while ``canary`` is promoted or rolled back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import math
 import pathlib
 import random
+import urllib.parse
 from dataclasses import dataclass
 
 from locust import FastHttpUser, events, task
@@ -168,6 +173,21 @@ def verdict(num_requests: int, fail_ratio: float, p95_ms: float, p99_ms: float,
     return passed, message
 
 
+def predict_path(model_name: str, version_label: str = "") -> str:
+    """The predict URL path: the served (newest) version, or the one `version_label` names.
+
+    Example:
+        >>> predict_path("bertbc", "stable")
+        '/v1/models/bertbc/labels/stable:predict'
+    """
+    if not model_name:
+        raise ValueError("--model-name must not be empty")
+    model = urllib.parse.quote(model_name, safe="")
+    if not version_label:
+        return f"/v1/models/{model}:predict"
+    return f"/v1/models/{model}/labels/{urllib.parse.quote(version_label, safe='')}:predict"
+
+
 def _labels(option: str) -> tuple[str, ...]:
     labels = tuple(s.strip() for s in option.split(",") if s.strip())
     if not labels:
@@ -194,6 +214,9 @@ def _add_options(parser, **_kwargs) -> None:
                        help="Mean pause between a user's requests (uniform 0..2x); 0 = closed loop at full speed.")
     group.add_argument("--model-name", default="bertbc", env_var="BERTBC_MODEL_NAME",
                        help="Model name in the predict URL.")
+    group.add_argument("--model-version-label", default="", env_var="BERTBC_LOADTEST_VERSION_LABEL",
+                       help="Send requests to /v1/models/<model>/labels/<label>:predict (e.g. stable, canary); "
+                       "default: the newest version, /v1/models/<model>:predict.")
 
 
 @events.init.add_listener
@@ -209,6 +232,7 @@ def _validate_options(environment, **_kwargs) -> None:
     if options.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
     _labels(options.labels)
+    logger.info("bertbc loadtest: requests go to %s", predict_path(options.model_name, options.model_version_label))
     pool = load_texts(options.texts_dir)  # fail at start, not in every user, if the folder is unusable
     logger.info("bertbc loadtest: %d short + %d long texts from %s", len(pool.short), len(pool.long), pool.source)
 
@@ -235,7 +259,7 @@ class NewsClassifierUser(FastHttpUser):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        self.path = f"/v1/models/{getattr(options, 'model_name', 'bertbc')}:predict"
+        self.path = predict_path(getattr(options, "model_name", "bertbc"), getattr(options, "model_version_label", ""))
         self.labels = _labels(getattr(options, "labels", ",".join(BBC_LABELS)))
         self.batch_size = getattr(options, "batch_size", 8)
         self.think_s = getattr(options, "think_time_ms", 100.0) / 1000.0

@@ -1,11 +1,8 @@
 """`python -m serving [flags]`: the TF Serving-compatible dev server."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our own logs
-
-from serving.cli import main
+from serving.cli import main  # TensorFlow's start-up chatter is hidden there (serving/quiet.py) unless -v
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,6 +14,11 @@ Differences from the real server (by design, for a safe local dev loop):
   * batching checks request sizes and splits like the real server but does not merge concurrent requests
     (serving/batching.py).
   * `--max_request_bytes` and `--idle_connection_timeout_seconds` are dev-only (413 / connection closed).
+  * error bodies are always valid UTF-8 (request bytes that are not become U+FFFD); HTTP/1.0 requests get an
+    HTTP/1.1 status line (keep-alive is honoured as libevent does).
+  * TensorFlow's C++ start-up messages are hidden (serving/quiet.py); `-v` shows them.
+
+Version labels and `--model_config_file_poll_wait_seconds` follow server_core.cc exactly: see serving/labels.py.
 """
 
 from __future__ import annotations
@@ -62,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Text-format ModelServerConfig (model_config_list: name, base_path, model_platform, "
                    "model_version_policy latest{num_versions}/all{}/specific{versions}, version_labels).")
     p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
-                   help="Re-read --model_config_file this often (0 = read once at startup).")
+                   help="Re-read --model_config_file this often (0 = read once at startup) and apply it like the "
+                   "real server: version labels first (a label may only move to an AVAILABLE version, else the "
+                   "whole reload is refused and logged), then the model list (new versions load, versions no "
+                   "longer listed unload once an aspired one is AVAILABLE).")
+    _add_bool(p, "--allow_version_labels_for_unavailable_models", False,
+              "Allow a NEW version label (or one keeping its version) to name a version that is not AVAILABLE yet; "
+              "needed for labels in the config at start-up. Moving an existing label still needs an AVAILABLE "
+              "version")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="Seconds between polls of the base paths for new/removed versions (0 = poll once).")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
@@ -94,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchingParameters text proto (max_batch_size, num_batch_threads, allowed_batch_sizes, "
                    "enable_large_batch_splitting, max_execution_batch_size, ...). Needs --enable_batching.")
     p.add_argument("--log_level", default="INFO", help="Python logging level.")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Show TensorFlow's C++ start-up messages (CUDA probing, CPU features), hidden by default.")
     return p
 
 
@@ -135,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from serving.batching import Batcher
     from serving.http_server import bind_socket, make_uvicorn_server
+    from serving.json_tensor import ServingError
     from serving.manager import LoadOptions, ModelManager
     from serving.metrics import Metrics
+    from serving.quiet import import_tensorflow
     from serving.rest import Api, RestOptions
 
     try:
@@ -156,16 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"error: cannot bind {args.rest_api_host}:{args.rest_api_port}: {err}", file=sys.stderr)
         return 2
-    manager = ModelManager(
-        configs,
-        LoadOptions(
-            enable_model_warmup=args.enable_model_warmup,
-            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
-            max_num_load_retries=max(0, args.max_num_load_retries),
-            load_retry_interval_s=max(0.0, args.load_retry_interval_micros / 1e6),
-        ),
-        poll_wait_seconds=args.file_system_poll_wait_seconds,
-    )
+    try:
+        manager = ModelManager(
+            configs,
+            LoadOptions(
+                enable_model_warmup=args.enable_model_warmup,
+                num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+                max_num_load_retries=max(0, args.max_num_load_retries),
+                load_retry_interval_s=max(0.0, args.load_retry_interval_micros / 1e6),
+            ),
+            poll_wait_seconds=args.file_system_poll_wait_seconds,
+            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+        )
+    except ServingError as err:  # ServerCore::Create -> ReloadConfig refused the first config
+        sock.close()
+        print(f"Failed to start server. Error: {err.to_string()}", file=sys.stderr)
+        return 255
+    import_tensorflow(verbose=args.verbose)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda signum, _frame: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -200,10 +222,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reload_config(manager, args, stop: threading.Event) -> None:
+    """Server::PollFilesystemAndReloadConfig: a file that does not parse, or a reload the server refuses, is
+    logged and changes nothing; the next poll tries again."""
+    from serving.json_tensor import ServingError
     from serving.manager import load_model_config_file
 
     while not stop.wait(args.model_config_file_poll_wait_seconds):
         try:
-            manager.set_configs(load_model_config_file(args.model_config_file))
+            configs = load_model_config_file(args.model_config_file)
         except (OSError, ValueError) as err:
-            log.error("Failed to reload --model_config_file: %s", err)
+            log.error("Failed to read ModelServerConfig file: %s", err)
+            continue
+        try:
+            manager.reload_config(configs)
+        except ServingError as err:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", err.message)

@@ -10,8 +10,9 @@ What this module adds around uvicorn:
   * every HTTP-level error is a JSON `{"error": ...}` with a 4xx status (uvicorn's own 400 is plain text);
   * an idle timeout for connections that send nothing, or stop in the middle of a request (uvicorn times out
     only idle keep-alive connections between requests);
-  * a body limit (`max_request_bytes`, 413) checked against Content-Length before reading, and while reading
-    chunked bodies;
+  * a body limit (`max_request_bytes`): 413 as soon as the declared Content-Length is read, or as soon as a
+    chunked body passes it; the rest is then read and dropped so the close does not reset the connection;
+  * HTTP/1.0 keep-alive (`Connection: keep-alive`), which h11 does not do but libevent's evhttp does;
   * the per-request deadline (`--rest_api_timeout_in_ms`): 504 "Deadline Exceeded", and the request is told to
     stop at its next batch boundary (the real server passes the same deadline to Session::Run).
 """
@@ -40,12 +41,57 @@ _NOT_FOUND_PAGE = (
     b"The requested URL was not found on this server.</BODY></HTML>\n"
 )
 JSON = b"application/json"
+_MAX_DRAIN_BYTES = 256 * 1024 * 1024  # what a 413'd client may still send before the connection is cut
+
+
+def _asks_keep_alive(headers: dict) -> bool:
+    tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
+    return "keep-alive" in tokens and "close" not in tokens
+
+
+def _announcing_keep_alive(send):
+    """Wraps an ASGI send so a response that keeps an HTTP/1.0 connection open says `Connection: keep-alive`
+    (evhttp_make_header_response); one that closes it (413, framing errors) says `close` as before."""
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(k.lower() == b"connection" for k, _ in headers):
+                message = {**message, "headers": [*headers, (b"connection", b"keep-alive")]}
+        await send(message)
+
+    return wrapped
+
+
+class _Connection(h11.Connection):
+    """h11 with HTTP/1.0 keep-alive, as libevent's evhttp (TF Serving's HTTP server) does it.
+
+    h11 closes every HTTP/1.0 connection after one response. evhttp keeps it open when the request says
+    `Connection: keep-alive` (evhttp_is_connection_keepalive) and then answers with `Connection: keep-alive`
+    and a Content-Length (evhttp_make_header_response), as old clients and the compose healthcheck expect.
+    Relies on h11's connection-state object (h11 is pinned; tests/test_serving_fidelity.py covers it).
+    """
+
+    def _process_event(self, role, event) -> None:
+        super()._process_event(role, event)
+        if role is self.their_role and type(event) is h11.Request and is_http10_keepalive(event):
+            self._cstate.keep_alive = True
+
+
+def is_http10_keepalive(event) -> bool:
+    """An HTTP/1.0 request (h11.Request) whose Connection header asks for keep-alive and not close."""
+    tokens = {t.strip().lower() for k, v in event.headers if k.lower() == b"connection" for t in v.split(b",")}
+    return event.http_version == b"1.0" and b"keep-alive" in tokens and b"close" not in tokens
 
 
 class _Protocol(H11Protocol):
     """uvicorn's h11 protocol with JSON framing errors and an idle timeout from the first byte on."""
 
     idle_timeout_s = 50.0  # set per server by make_protocol_class
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conn = _Connection(h11.SERVER, max_incomplete_event_size=self.conn._max_incomplete_event_size)
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -66,7 +112,10 @@ class _Protocol(H11Protocol):
     def eof_received(self):
         """The client half-closed. uvicorn would close at once, dropping the answer to a complete request."""
         serving = self.cycle is not None and not self.cycle.response_complete
-        if serving and self.conn.their_state is h11.SEND_BODY:
+        if serving and self.conn.their_state is h11.SEND_BODY and self.cycle.response_started:
+            self.cycle.disconnected = True  # an early answer (413) is out: stop draining; closes once written
+            self.cycle.message_event.set()
+        elif serving and self.conn.their_state is h11.SEND_BODY:
             self.send_400_response("connection closed before the whole request body arrived")
         elif serving:
             self._close_after_response = True
@@ -141,11 +190,15 @@ class RestApp:
         method = scope["method"]
         path = scope.get("raw_path", b"").split(b"?", 1)[0].decode("latin-1") or scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope.get("http_version") == "1.0" and _asks_keep_alive(headers):
+            send = _announcing_keep_alive(send)
         try:
-            body = await self._read_body(headers, receive)
+            body = await self._read_body(headers, receive, send)
         except _BodyError as err:
             await self._send(send, err.status, error_body(err.message), JSON, close=True)
             return
+        if body is None:
+            return  # answered 413 already
         if method == "OPTIONS":
             await self._options(send, headers)
         elif self.options.prometheus_path and path == self.options.prometheus_path and method == "GET":
@@ -158,12 +211,18 @@ class RestApp:
             status, payload = await self._run(method, path, body)
             await self._send(send, status, payload, JSON, head=method == "HEAD")
 
-    async def _read_body(self, headers: dict, receive) -> bytes:
-        """The whole body, or _BodyError. An oversized body is drained (not kept) so the client reads the 413."""
+    async def _read_body(self, headers: dict, receive, send) -> bytes | None:
+        """The whole body; None once a too-large body was answered with 413; _BodyError for a stalled or cut one.
+
+        A Content-Length above the limit is answered at once (a client waiting for `100 Continue` never sends
+        the body); a chunked body is answered as soon as it passes the limit.
+        """
         limit = self.options.max_request_bytes
         declared = headers.get("content-length")
         # h11 accepts only digits here; the length test keeps int() away from Python's max_str_digits.
-        too_large = declared is not None and (len(declared) > 18 or int(declared) > limit)
+        if declared is not None and (len(declared) > 18 or int(declared) > limit):
+            await self._reject_too_large(send, receive, declared)
+            return None
         parts, size = [], 0
         while True:
             try:
@@ -175,15 +234,34 @@ class RestApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                too_large, parts = True, []
-            elif not too_large:
-                parts.append(chunk)
+                await self._reject_too_large(send, receive, f"more than {limit}")
+                return None
+            parts.append(chunk)
             if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _reject_too_large(self, send, receive, size: str) -> None:
+        """Sends the whole 413 answer now, then reads and drops what the client still sends (at most
+        _MAX_DRAIN_BYTES, or until it pauses for the idle timeout) before closing: closing a socket with unread
+        bytes makes the kernel send a reset, which can destroy the answer before the client reads it."""
+        limit = self.options.max_request_bytes
+        payload = error_body(f"Request body of {size} bytes exceeds the dev server limit --max_request_bytes="
+                             f"{limit}; send smaller batches.")
+        headers = [(b"content-type", JSON), (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]
+        if self.options.enable_cors:
+            headers.append((b"access-control-allow-origin", b"*"))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": payload, "more_body": True})
+        drained = 0
+        while drained < _MAX_DRAIN_BYTES:
+            try:
+                message = await asyncio.wait_for(receive(), self.options.idle_timeout_s)
+            except asyncio.TimeoutError:
                 break
-        if too_large:
-            raise _BodyError(413, f"Request body of {declared or size} bytes exceeds the dev server "
-                             f"limit --max_request_bytes={limit}; send smaller batches.")
-        return b"".join(parts)
+            drained += len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         cancelled = threading.Event()

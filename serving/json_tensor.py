@@ -74,8 +74,17 @@ def invalid(message: str) -> ServingError:
 
 
 def error_body(message: str) -> bytes:
-    """The `{"error": ...}` body of every failed request (MakeJsonFromStatus)."""
-    return _encode(json.dumps({"error": message}, ensure_ascii=False))
+    """The `{"error": ...}` body of every failed request (MakeJsonFromStatus), always valid UTF-8.
+
+    Messages may quote request bytes that are not UTF-8 (raw bytes or lone-surrogate escapes, which rapidjson
+    accepts). The real server copies them into the body as they came, so its body is then not valid UTF-8 and
+    strict JSON clients fail on it; here each such character becomes U+FFFD.
+    """
+    return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8", "bertbc_replacement_char")
+
+
+def _replacement_char(err: UnicodeEncodeError):
+    return "\ufffd".encode() * (err.end - err.start), err.end  # bytes: the UTF-8 codec takes only ASCII str
 
 
 def _raw_bytes_or_surrogates(err: UnicodeEncodeError):
@@ -89,6 +98,7 @@ def _raw_bytes_or_surrogates(err: UnicodeEncodeError):
 
 
 codecs.register_error("bertbc_rapidjson", _raw_bytes_or_surrogates)
+codecs.register_error("bertbc_replacement_char", _replacement_char)
 
 
 def _encode(text: str) -> bytes:

@@ -6,6 +6,10 @@ picks the aspired ones. Like AvailabilityPreservingPolicy, the newest aspired ve
 BEFORE an old version is unloaded, so a version that fails to load leaves the previous one serving. A failed
 load is retried `max_num_load_retries` times, `load_retry_interval_s` apart, then given up (state END with the
 error) until its folder disappears. Version states are never forgotten, like ServableStateMonitor.
+
+`reload_config` is ServerCore::ReloadConfig for a model_config_list: the version labels are checked and swapped
+first (serving/labels.py; a refused label rejects the whole reload), then the model list is replaced and the
+poller loads newly aspired versions and unloads the ones no longer aspired, in the order above.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.json_tensor import DEFAULT_SIGNATURE, ServingError, invalid
+from serving.labels import LabelMap, build_label_map, version_for_label
 
 log = logging.getLogger("serving.manager")
 
@@ -56,9 +61,6 @@ class ModelConfig:
             raise ValueError(f"policy must be latest, all or specific, got {self.policy!r}")
         if self.policy == "latest" and self.num_versions < 1:
             raise ValueError(f"num_versions must be >= 1, got {self.num_versions}")
-        for label in self.labels:
-            if not re.fullmatch(r"[a-zA-Z0-9_]+", label):
-                raise ValueError(f"version label {label!r} must match [a-zA-Z0-9_]+")
 
 
 def load_model_config_file(path: str) -> list[ModelConfig]:
@@ -92,9 +94,6 @@ def load_model_config_file(path: str) -> list[ModelConfig]:
                 labels=dict(entry.version_labels),
             )
         )
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--model_config_file {path}: duplicate model names in {names}")
     return configs
 
 
@@ -174,12 +173,20 @@ class Servable:
             raise _status_from_exception(err) from None
         self._tf = tf
 
+    def has_signature(self, name: str) -> bool:
+        """Whether the SignatureDefMap has `name`. A request's name may hold raw non-UTF-8 bytes or a lone
+        surrogate (rapidjson accepts both); no key can equal it, and protobuf's map cannot even encode it."""
+        try:
+            return name in self.signature_defs
+        except UnicodeEncodeError:
+            return False
+
     def input_dtypes(self, signature_name: str) -> dict[str, str]:
         """Input alias -> DataType enum name, or ServingError for an unknown signature (GetInfoMap)."""
         from tensorflow.core.framework import types_pb2
 
         name = signature_name or DEFAULT_SIGNATURE
-        if name not in self.signature_defs:
+        if not self.has_signature(name):
             raise invalid(f'Serving signature name: "{name}" not found in signature def')
         return {k: types_pb2.DataType.Name(v.dtype) for k, v in self.signature_defs[name].inputs.items()}
 
@@ -187,7 +194,7 @@ class Servable:
         """Runs a signature on numpy inputs (DT_STRING as object arrays of bytes); outputs as numpy arrays."""
         tf = self._tf
         name = signature_name or DEFAULT_SIGNATURE
-        if name not in self.signature_defs or name not in self.loaded.signatures:
+        if not self.has_signature(name) or name not in self.loaded.signatures:
             raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{name}" not found.')
         signature = self.signature_defs[name]
         expected, sent = set(signature.inputs), set(arrays)
@@ -298,17 +305,22 @@ class LoadOptions:
 class ModelManager:
     """Keeps the aspired versions of every configured model loaded; thread-safe lookups for request handlers."""
 
-    def __init__(self, configs: list[ModelConfig], options: LoadOptions = LoadOptions(), poll_wait_seconds=1.0):
-        self._configs = {c.name: c for c in configs}
+    def __init__(self, configs: list[ModelConfig], options: LoadOptions = LoadOptions(), poll_wait_seconds=1.0,
+                 *, allow_labels_for_unavailable: bool = False):
+        """Raises ServingError like the real server's start-up (duplicate names, labels it may not set)."""
         self._options = options
         self._poll_wait = poll_wait_seconds
+        self._allow_labels_for_unavailable = allow_labels_for_unavailable
         self._lock = threading.Lock()
-        self._loaded: dict[str, dict[int, Servable]] = {c.name: {} for c in configs}
-        self._states: dict[str, dict[int, VersionState]] = {c.name: {} for c in configs}
+        self._configs: dict[str, ModelConfig] = {}
+        self._labels: LabelMap = {}
+        self._loaded: dict[str, dict[int, Servable]] = {}
+        self._states: dict[str, dict[int, VersionState]] = {}
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_empty: set[str] = set()
+        self.reload_config(configs)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -332,9 +344,20 @@ class ModelManager:
                 return
             self._stop.wait(self._poll_wait)
 
-    def set_configs(self, configs: list[ModelConfig]) -> None:
-        """Replaces the model list (config reload); models no longer listed are unloaded on the next poll."""
+    def reload_config(self, configs: list[ModelConfig]) -> None:
+        """Applies a new model list (ServerCore::ReloadConfig), or raises ServingError and changes nothing.
+
+        Labels are checked against the versions AVAILABLE now and swapped in one step, before the model list
+        changes; versions newly aspired are loaded, and versions no longer aspired unloaded, by the poller.
+        """
+        names = [c.name for c in configs]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise invalid(f"Illegal to list model {name} multiple times in config list")
         with self._lock:
+            available = {n: {v for v, s in states.items() if s.state == "AVAILABLE"} for n, states in self._states.items()}
+            self._labels = build_label_map(((c.name, c.labels) for c in configs), available, self._labels,
+                                           allow_unavailable=self._allow_labels_for_unavailable)
             self._configs = {c.name: c for c in configs}
             for c in configs:
                 self._loaded.setdefault(c.name, {})
@@ -467,18 +490,14 @@ class ModelManager:
 
     # -- lookups -----------------------------------------------------------------------------------------------
 
-    def resolve_label(self, name: str, label: str) -> int:
-        with self._lock:
-            config = self._configs.get(name)
-        if config is None or label not in config.labels:
-            raise invalid(f"Unrecognized servable version label: {label}")
-        return config.labels[label]
-
     def get_servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The servable for Latest(name) / Specific(name, version) / a label, or 404 like BasicManager."""
-        if label is not None:
-            version = self.resolve_label(name, label)
+        """The servable for Latest(name) / Specific(name, version) / a label, or 404 like BasicManager.
+
+        The label is resolved under the same lock as the lookup, so a request never pairs the old label
+        with a version the poller has just unloaded."""
         with self._lock:
+            if label is not None:
+                version = version_for_label(self._labels, name, label)
             loaded = self._loaded.get(name, {})
             if version is None:
                 if loaded:
@@ -488,10 +507,11 @@ class ModelManager:
                 return loaded[version]
         raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
 
-    def model_status(self, name: str, version: int | None = None, label: str | None = None) -> dict:
-        """GetModelStatusResponse as proto-JSON (versions as strings, newest first)."""
-        if label is not None:
-            version = self.resolve_label(name, label)
+    def model_status(self, name: str, version: int | None = None) -> dict:
+        """GetModelStatusResponse as proto-JSON (versions as strings, newest first).
+
+        There is no label argument: GetModelStatusImpl looks only at a ModelSpec's version, so the real server
+        answers `GET /v1/models/NAME/labels/ANY` with the status of every version, even for unknown labels."""
         with self._lock:
             states = {v: VersionState(**vars(s)) for v, s in self._states.get(name, {}).items()}
         if version is not None:

@@ -5,6 +5,8 @@ The HTTP transport is serving/http_server.py. Routing follows http_rest_api_util
 `/v1/models/NAME[/versions/N|/labels/L][/metadata]`; any other /v1 request is 400 "Malformed request: METHOD
 PATH". Every JSON response carries Content-Type application/json; errors are `{"error": "<message>"}` with the
 status code mapped like TF Serving. The handler never lets an exception escape: unexpected ones become a JSON 500.
+A label resolves through the manager's label map (serving/labels.py); the status route ignores it, like
+GetModelStatusImpl.
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ class RestOptions:
 
 
 def _parse_version(text: str | None) -> int | None:
-    """absl::SimpleAtoi into int64; the length check comes first so a 5,000-digit version is a 400, not int()'s
-    ValueError (Python's int max_str_digits)."""
+    """absl::SimpleAtoi into int64: leading zeros are accepted at any length (`000…0003` is version 3), a value
+    above int64 is a 400. Zeros are stripped and the length checked before int(), which refuses strings of more
+    than 4,300 digits (Python's int max_str_digits)."""
     if not text:
         return None
-    if len(text.lstrip("0")) > 19 or int(text) > _INT64_MAX:
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 19 or int(digits) > _INT64_MAX:
         raise invalid(f"Failed to convert version: {text} to numeric.")
-    return int(text)
+    return int(digits)
 
 
 class Api:
@@ -105,7 +109,7 @@ class Api:
                 if sub:
                     result = self.manager.model_metadata(model, version, label)
                 else:
-                    result = self.manager.model_status(model, version, label)
+                    result = self.manager.model_status(model, version)  # ignores a label, like the real server
                 payload = json.dumps(result, indent=1).encode()
             else:
                 raise invalid(f"Malformed request: {method} {path}")
@@ -147,7 +151,7 @@ class Api:
         check_classify_regress_body(doc, api)
         servable = self.manager.get_servable(model, version, label)
         name = request_signature_name(doc) or "serving_default"
-        if name not in servable.signature_defs:
+        if not servable.has_signature(name):
             raise invalid(f"No signature was found with the name: {name}")
         signature = servable.signature_defs[name]
         if len(signature.inputs) != 1:

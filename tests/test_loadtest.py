@@ -61,11 +61,12 @@ def _fake_prediction(text: str, wrong_label: bool) -> dict:
 
 class _StandInHandler(BaseHTTPRequestHandler):
     wrong_label = False
+    predict_path = "/v1/models/bertbc:predict"
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):  # noqa: N802 (http.server naming)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path != "/v1/models/bertbc:predict":
+        if self.path != self.predict_path:
             return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
         try:
             instances = json.loads(body)["instances"]
@@ -85,8 +86,8 @@ class _StandInHandler(BaseHTTPRequestHandler):
         pass
 
 
-def _serve(wrong_label: bool):
-    handler = type("Handler", (_StandInHandler,), {"wrong_label": wrong_label})
+def _serve(wrong_label: bool, predict_path: str = "/v1/models/bertbc:predict"):
+    handler = type("Handler", (_StandInHandler,), {"wrong_label": wrong_label, "predict_path": predict_path})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -98,8 +99,8 @@ def _serve(wrong_label: bool):
 def stand_in():
     servers = []
 
-    def start(wrong_label: bool = False) -> str:
-        server, _ = _serve(wrong_label)
+    def start(wrong_label: bool = False, predict_path: str = "/v1/models/bertbc:predict") -> str:
+        server, _ = _serve(wrong_label, predict_path)
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -152,6 +153,26 @@ def test_wrong_labels_are_failures_and_fail_the_run(stand_in, tmp_path):
     failures = (tmp_path / "run_failures.csv").read_text()
     assert "unknown label 'weather'" in failures
     assert "bertbc loadtest FAIL" in proc.stderr
+
+
+def test_version_label_targets_the_label_route(stand_in, tmp_path):
+    """Only /labels/stable:predict answers 200 here: a request anywhere else would be a 404 failure."""
+    host = stand_in(predict_path="/v1/models/bertbc/labels/stable:predict")
+    proc, total = run_locust(host, tmp_path, "--model-version-label", "stable", "--max-p95-ms", "30000",
+                              "--max-p99-ms", "60000", run_time="3s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(total["Failure Count"]) == 0 and int(total["Request Count"]) > 0
+    assert "requests go to /v1/models/bertbc/labels/stable:predict" in proc.stderr
+
+
+@pytest.mark.parametrize(("model", "label", "path"), [
+    ("bertbc", "", "/v1/models/bertbc:predict"),
+    ("bertbc", "stable", "/v1/models/bertbc/labels/stable:predict"),
+    ("bertbc", "canary", "/v1/models/bertbc/labels/canary:predict"),
+    ("my model", "a/b", "/v1/models/my%20model/labels/a%2Fb:predict"),
+])
+def test_predict_path(lf, model, label, path):
+    assert lf.predict_path(model, label) == path
 
 
 def test_custom_texts_dir_and_bad_dir(stand_in, tmp_path):
@@ -236,6 +257,11 @@ def test_passing_run_against_dev_server(tmp_path):
     serving_fixtures.build_keyword_model(str(base / "1"))
     args = ["--model_name=bertbc", f"--model_base_path={base}"]
     with serving_fixtures.dev_server(args, str(tmp_path), wait_models=("bertbc",)) as server:
+        # The first call of a fresh SavedModel builds its graph (seconds on a busy machine): warm it up first,
+        # as the exported model's warmup records do, so the short run measures serving.
+        import requests
+
+        requests.post(f"{server.url}/v1/models/bertbc:predict", json={"instances": ["warm up"]}, timeout=120)
         proc, total = run_locust(server.url, tmp_path, "--max-p95-ms", "30000", "--max-p99-ms", "60000")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(total["Failure Count"]) == 0 and int(total["Request Count"]) > 0

@@ -3,8 +3,10 @@ Prometheus format, HTTP framing and idle connections (issue 13). Loopback only."
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -289,3 +291,121 @@ def test_stalled_body_gets_408(server):
         while chunk := s.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408 ") and b'"error"' in answer
+
+
+def _utf8_json(r: requests.Response) -> dict:
+    return json.loads(r.content.decode("utf-8"))  # strict: a raw \xff or CESU-8 surrogate in the body fails here
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        # rapidjson 1.1.0 keeps a lone low surrogate and raw non-UTF-8 bytes; no signature can have that name.
+        (PREDICT, b'{"signature_name": "\\udc00", "instances": ["a"]}', 400,
+         'Serving signature name: "\ufffd" not found in signature def'),
+        (PREDICT, b'{"signature_name": "\xff", "instances": ["a"]}', 400,
+         'Serving signature name: "\ufffd" not found in signature def'),
+        (f"/v1/models/{MODEL}:classify", b'{"signature_name": "\xff\xfe", "examples": [{}]}', 400,
+         "No signature was found with the name: \ufffd\ufffd"),
+        (f"/v1/models/{MODEL}:classify", b'{"signature_name": "\\udc00"}', 400,
+         "JSON Value: {\"signature_name\":\"\ufffd\"} When method is classify, key 'examples' is expected and was "
+         "not found"),
+        (f"/v1/models/{MODEL}/labels/%ff:predict", b'{"instances": ["a"]}', 400,
+         "Unrecognized servable version label: \ufffd"),
+    ],
+    ids=["lone-low-surrogate", "raw-ff", "classify-raw-bytes", "debug-string", "label-ff"],
+)
+def test_non_utf8_names_get_a_4xx_with_a_utf8_body(server, path, body, status, message):
+    """The real server echoes such bytes into its error body as they came; ours says U+FFFD (valid UTF-8)."""
+    r = requests.post(server.url + path, data=body, timeout=30)
+    assert (r.status_code, _utf8_json(r)) == (status, {"error": message})
+
+
+@pytest.mark.parametrize(("zeros", "version", "status"), [(4300, 1, 200), (5000, 1, 200), (5000, 3, 404)])
+def test_version_with_thousands_of_leading_zeros(server, zeros, version, status):
+    """absl::SimpleAtoi reads `000…0001` as 1 whatever its length (int() refuses > 4,300 digits)."""
+    text = "0" * zeros + str(version)
+    r = requests.post(f"{server.url}/v1/models/{MODEL}/versions/{text}:predict", json={"instances": ["cup"]},
+                      timeout=30)
+    assert r.status_code == status, r.text[:300]
+    if status == 404:
+        assert r.json() == {"error": f"Servable not found for request: Specific({MODEL}, {version})"}
+    else:
+        assert r.json()["predictions"][0]["label"] == "sport"
+        meta = requests.get(f"{server.url}/v1/models/{MODEL}/versions/{text}/metadata", timeout=30).json()
+        assert meta["model_spec"]["version"] == "1"
+
+
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"], ids=["plain", "expect-100"])
+def test_declared_body_above_the_limit_gets_413_at_once(server, expect):
+    """The 413 is sent before any body byte arrives (not a 408 after the idle timeout)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        started = time.monotonic()
+        s.sendall(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n" + expect
+                  + b"\r\n")
+        answer = b""
+        while b"}" not in answer:
+            chunk = s.recv(4096)
+            assert chunk, answer
+            answer += chunk
+    assert time.monotonic() - started < 5
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert b"100 Continue" not in head
+    assert "exceeds the dev server limit --max_request_bytes" in json.loads(body)["error"]
+
+
+def test_http10_keep_alive_is_honoured(server):
+    """libevent: an HTTP/1.0 request with `Connection: keep-alive` keeps the connection open and the answer says
+    `Connection: keep-alive` with a Content-Length; without that header the connection closes after one answer."""
+    request = b"GET /v1/models/" + MODEL.encode() + b" HTTP/1.0\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        f = s.makefile("rb")
+        for _ in range(3):
+            s.sendall(request + b"Connection: keep-alive\r\n\r\n")
+            head = b"".join(iter(f.readline, b"\r\n")).lower()
+            assert head.startswith(b"http/1.1 200 ") and b"connection: keep-alive" in head, head
+            length = int(re.search(rb"content-length: *([0-9]+)", head).group(1))
+            assert b"AVAILABLE" in f.read(length)
+        s.sendall(request + b"\r\n")
+        assert f.readline().startswith(b"HTTP/1.1 200 ")
+        assert f.read().endswith(b"}")  # read() returns once the server has closed the connection
+
+
+# ------------------------------------------------------------------------------------------------ start-up noise
+
+
+NOISE = ("Could not find cuda drivers", "cpu_feature_guard", "cuInit", "absl::InitializeLog")
+
+
+def test_help_and_a_real_start_print_no_tensorflow_noise(server):
+    out = subprocess.run([sys.executable, "-m", "serving", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60, env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert out.returncode == 0 and "--allow_version_labels_for_unavailable_models" in out.stdout
+    log = server.log_text()
+    assert "Exporting HTTP/REST API" in log
+    for text in (out.stdout + out.stderr, log):
+        assert not [n for n in NOISE if n in text], text[:2000]
+
+
+def test_verbose_shows_what_is_hidden():
+    """serving/quiet.py with -v (verbose) leaves TensorFlow's start-up lines alone (hidden: the test above)."""
+    code = "from serving.quiet import import_tensorflow; import_tensorflow(verbose=True)"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if shutil.which("nvidia-smi") is None:  # no GPU driver: TensorFlow always says so
+        assert "Could not find cuda drivers" in out.stderr, out.stderr[:2000]
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("I0000 00:00:1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.", []),
+    ("E0000 00:00:1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", []),
+    ("To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow", []),
+    ("W0000 something TensorFlow really wants you to see\n\n", ["W0000 something TensorFlow really wants you to see"]),
+])
+def test_filter_startup_lines(text, kept):
+    from serving.quiet import filter_startup_lines
+
+    assert filter_startup_lines(text) == kept

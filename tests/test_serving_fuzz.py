@@ -1,14 +1,21 @@
 """A seeded fuzz of the dev server over loopback, bounded in time: malformed JSON from a small grammar,
 odd URLs, and HTTP framing abuse. Every request must get a status line with a status below 500, JSON errors on
-the API paths, an answer within seconds, and the server must stay alive and small.
+the API paths (valid UTF-8 even when the request was not), an answer within seconds, and the server must stay
+alive and small.
+
+Classes added for issue 24: signature names with raw non-UTF-8 bytes or lone surrogates, versions of more than
+4,300 digits that are small once their leading zeros go, label routes, a declared Content-Length above the body
+limit, and HTTP/1.0 keep-alive requests.
 
 Reproduce a failure with the printed seed: BERTBC_FUZZ_SEED=<seed> pytest tests/test_serving_fuzz.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import socket
 import time
 
@@ -20,6 +27,7 @@ pytestmark = pytest.mark.skipif(bool(SERVING_URL), reason="starts its own dev se
 SEED = int(os.environ.get("BERTBC_FUZZ_SEED", "20261127"))
 BUDGET_S = 40.0
 MAX_REQUESTS = 1500
+MAX_BODY = 1_000_000  # --max_request_bytes of the fuzzed server
 PREDICT = f"/v1/models/{MODEL}:predict"
 
 
@@ -54,7 +62,8 @@ def _value(rng: random.Random, depth: int = 0) -> str:
 def _body(rng: random.Random) -> bytes:
     top = rng.choice(["instances", "inputs", "instances", "signature_name", "examples"])
     items = ", ".join(_value(rng) for _ in range(rng.choice([0, 1, 2, 8, 33, 200])))
-    body = f'{{"{top}": [{items}]}}'.encode("utf-8", "surrogatepass")
+    signature = f'"signature_name": {_string(rng)}, ' if rng.random() < 0.2 else ""
+    body = f'{{{signature}"{top}": [{items}]}}'.encode("utf-8", "surrogatepass")
     mutation = rng.random()
     if mutation < 0.15 and body:
         cut = rng.randrange(len(body))
@@ -71,7 +80,11 @@ def _path(rng: random.Random) -> bytes:
     return rng.choice([
         PREDICT, PREDICT, PREDICT, f"/v1/models/{MODEL}", f"/v1/models/{MODEL}/metadata",
         f"/v1/models/{MODEL}/versions/{'9' * rng.choice([1, 19, 20, 5000])}:predict",
-        f"/v1/models/{MODEL}/labels/%ff:predict", "/v1/models/%00:predict", f"/V1/MODELS/{MODEL}:PREDICT",
+        f"/v1/models/{MODEL}/versions/{'0' * rng.choice([4300, 5000]) + rng.choice(['1', '3'])}:predict",
+        f"/v1/models/{MODEL}/versions/{'0' * 4400}1/metadata",
+        f"/v1/models/{MODEL}/labels/%ff:predict", f"/v1/models/{MODEL}/labels/stable:predict",
+        f"/v1/models/{MODEL}/labels/%ed%b0%80/metadata", f"/v1/models/{MODEL}/labels/x",
+        "/v1/models/%00:predict", f"/V1/MODELS/{MODEL}:PREDICT",
         f"/v1/models/{MODEL}:classify", "/v1/models", "/v1/", "/", "/monitoring/prometheus/metrics",
         f"/v1/models/{MODEL}/versions/١:predict",
     ]).encode("utf-8")
@@ -82,9 +95,13 @@ def _request(rng: random.Random) -> bytes:
     path, body = _path(rng), _body(rng)
     version = rng.choice([b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1000", b"", b"FOO/1", b"HTTP/9.9"])
     line = method + b" " + path + (b" " + version if version else b"") + b"\r\n"
-    headers = [b"Host: 127.0.0.1", b"Connection: close"]
+    keep_alive = version == b"HTTP/1.0" and rng.random() < 0.5
+    headers = [b"Host: 127.0.0.1", b"Connection: keep-alive" if keep_alive else b"Connection: close"]
     framing = rng.random()
-    if framing < 0.6:
+    if framing < 0.05:
+        headers.append(b"Content-Length: " + str(MAX_BODY + rng.choice([1, 10**6, 10**15])).encode())
+        payload = body  # far less than declared: the 413 must not wait for the rest
+    elif framing < 0.6:
         headers.append(b"Content-Length: " + str(len(body)).encode())
         payload = body
     elif framing < 0.75:
@@ -119,6 +136,18 @@ def _exchange(port: int, request: bytes) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
+def _is_error_json(answer: bytes) -> bool:
+    """Whether the first response's body is UTF-8 JSON of the form {"error": "..."} (a keep-alive connection
+    may carry a second response after it)."""
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *([0-9]+)\r?$", head)
+    try:
+        body = rest[: int(length.group(1))] if length else rest
+        return isinstance(json.loads(body.decode("utf-8")).get("error"), str)
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
@@ -131,7 +160,7 @@ def server(tmp_path_factory):
     args = [f"--model_name={MODEL}", f"--model_base_path={root / 'base'}", "--enable_batching",
             f"--batching_parameters_file={os.path.join(REPO_ROOT, 'serving', 'batching_parameters.txt')}",
             f"--monitoring_config_file={os.path.join(REPO_ROOT, 'serving', 'monitoring.config')}",
-            "--idle_connection_timeout_seconds=2", "--rest_api_timeout_in_ms=5000", "--max_request_bytes=1000000"]
+            "--idle_connection_timeout_seconds=2", "--rest_api_timeout_in_ms=5000", f"--max_request_bytes={MAX_BODY}"]
     with dev_server(args, str(root), wait_models=(MODEL,)) as running:
         yield running
 
@@ -157,6 +186,8 @@ def test_seeded_fuzz(server):
             problems.append(f"{status}: {request[:120]!r} -> {answer[-300:]!r}")
         elif status >= 400 and api_path and b"content-type: application/json" not in head:
             problems.append(f"non-JSON {status}: {request[:120]!r} -> {answer[:200]!r}")
+        elif status >= 400 and api_path and not request.startswith(b"HEAD") and not _is_error_json(answer):
+            problems.append(f"error body not UTF-8 JSON {status}: {request[:120]!r} -> {answer[-200:]!r}")
         elif elapsed > 10:
             problems.append(f"slow ({elapsed:.1f}s): {request[:120]!r}")
     assert not problems, f"seed {SEED}, after {sent} requests:\n" + "\n".join(problems)

@@ -68,7 +68,7 @@ def env(tmp_path_factory):
                        f"    model_platform: 'tensorflow'\n    {extra}\n  }}")
     config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
     args = [f"--model_config_file={config}", "--file_system_poll_wait_seconds=0.2", "--max_num_load_retries=1",
-            "--load_retry_interval_micros=100000"]
+            "--load_retry_interval_micros=100000", "--allow_version_labels_for_unavailable_models"]
     with dev_server(args, str(root), wait_models=MODELS) as server:
         yield {"url": server.url, "bases": bases, "src": src, "server": server}
 
