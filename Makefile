@@ -14,7 +14,8 @@ DURATION ?= 30s
 
 .DEFAULT_GOAL := help
 .PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy bench-windows \
-        bench-pipeline bench-data bench-serving profile-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render
+        bench-pipeline bench-data bench-serving profile-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render \
+        batch bench-batch
 # Compose: the CPU override unless this host has an NVIDIA driver (nvidia-smi); COMPOSE_FILES=... to choose.
 COMPOSE_FILES ?= -f docker-compose.yml $(if $(shell command -v nvidia-smi),,-f compose.cpu.yml)
 
@@ -44,8 +45,9 @@ serve: install ## TF Serving-compatible dev server on 127.0.0.1:8501 for models/
 	  --enable_batching --batching_parameters_file serving/batching_parameters.txt \
 	  --monitoring_config_file serving/monitoring.config
 
-tensorboard: install ## TensorBoard on 127.0.0.1:6006 for logs/
-	$(VENV)/bin/tensorboard --logdir logs --host 127.0.0.1 --port 6006
+tensorboard: install ## TensorBoard on 127.0.0.1:6006 for logs/ (TensorFlow start-up noise hidden; VERBOSE=1 shows it)
+	$(if $(VERBOSE),,TF_CPP_MIN_LOG_LEVEL=3) $(VENV)/bin/tensorboard --logdir logs --host 127.0.0.1 --port 6006 \
+	  $(if $(VERBOSE),,2> >(grep --line-buffered -v -E 'absl::InitializeLog|Could not find cuda drivers|cpu_feature_guard|To enable the following instructions|cuInit' >&2))
 
 loadtest: install ## headless Locust against URL (default 127.0.0.1:8501); CSV + HTML in reports/
 	mkdir -p reports
@@ -74,7 +76,7 @@ k8s-render: install ## render every Kubernetes target (deploy/kubernetes) into r
 
 lint: install ## ruff + hadolint
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/hadolint trainer/Dockerfile tensorboard/Dockerfile
+	$(VENV)/bin/hadolint trainer/Dockerfile tensorboard/Dockerfile batch/Dockerfile
 
 bench-accuracy: install ## each configuration x 3 seeds on BBC: mean and range, leakage-free accuracy, errors report
 	$(PY) benchmarks/bench_accuracy.py $(DATA_FLAG)
@@ -98,6 +100,19 @@ BF16_FLAG = $(if $(MODELS_BF16),--bf16-model-base-path $(MODELS_BF16),)
 
 bench-serving: install ## Locust at 1/4/16 users + preprocessing share + short/long x fp32/bf16 table + fixed cost of a pass (CPU named)
 	$(PY) benchmarks/bench_serving.py --model-base-path $(MODELS) $(BF16_FLAG)
+
+# Batch scoring (batch/README.md): INPUT = files/folder/glob, OUTPUT = a new folder; BATCH_ARGS=... for more
+# flags (--text-column, --id-column, --output-format parquet, --overwrite, Beam options such as --runner).
+INPUT ?= $(DATA_DIR)
+OUTPUT ?= reports/batch
+BATCH_ARGS ?=
+
+batch: install ## score INPUT (files/folder/glob) with the newest models/bertbc version into OUTPUT (Apache Beam, DirectRunner)
+	$(PY) -m batch --model $(MODELS) --input '$(INPUT)' --output $(OUTPUT) \
+	  --direct_running_mode=multi_processing --direct_num_workers=$$(nproc) $(BATCH_ARGS)
+
+bench-batch: install ## Beam job rows/s (1 and 2 workers) vs the in-process limit on BBC, start-up, peak RSS per worker
+	$(PY) benchmarks/bench_batch.py --model $(MODELS) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 profile-serving: install ## per-op-type time of one request, headline vs one full window (TF1 session like TF Serving)
 	$(PY) benchmarks/profile_serving.py $(MODELS)

@@ -63,8 +63,9 @@ def tiny_encoder(cache_dir):
     return encoders.resolve_encoder("tiny-random", cache_dir=str(cache_dir))
 
 
+# The fresh-process load check costs a TensorFlow import per export; tests/test_loadcheck.py covers it.
 TOY = dict(encoder="tiny-random", seq_length=48, batch_size=8, learning_rate=2e-3, warmup_fraction=0.1,
-           pooling="mean", truncation="head", steps_per_summary=2)
+           pooling="mean", truncation="head", steps_per_summary=2, load_check="off")
 
 
 def toy_config(tmp: Path, corpus: Path, cache: Path, **overrides) -> TrainConfig:
@@ -103,13 +104,14 @@ def trainer_flags(cfg: TrainConfig) -> list[str]:
             "--seq-length", str(cfg.seq_length), "--batch-size", str(cfg.batch_size),
             "--learning-rate", str(cfg.learning_rate), "--truncation", cfg.truncation, "--epochs", str(cfg.epochs),
             "--logdir", cfg.logdir, "--checkpoint-dir", cfg.checkpoint_dir, "--model-base-path",
-            cfg.model_base_path, "--steps-per-summary", "1"]
+            cfg.model_base_path, "--steps-per-summary", "1", "--load-check", cfg.load_check]
 
 
 @pytest.fixture(scope="session")
 def deterministic_encoder(tmp_path_factory, tiny_encoder) -> tuple[str, str]:
     """(encoder, preprocess) paths of the tiny random BERT WITHOUT dropout, for tests that compare weights across
-    device layouts (dropout draws differ per replica, so only a dropout-free model can match exactly)."""
+    device layouts (each replica draws its own dropout masks, seeded by its replica id, so only a dropout-free
+    model can match exactly across 1, 2 and 3 replicas)."""
     import dataclasses
 
     from trainer import bert_convert

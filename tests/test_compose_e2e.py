@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "compose"
 BBC_DIR = ROOT.parent / "shared" / "data" / "bbc"
 FILES = ["-f", "docker-compose.yml", "-f", "compose.cpu.yml"]
-PROFILES = ["--profile", "loadtest", "--profile", "loadtest-distributed", "--profile", "train-distributed"]
+PROFILES = ["--profile", "loadtest", "--profile", "loadtest-distributed", "--profile", "train-distributed",
+            "--profile", "batch"]
 BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
 DOCS_PER_CLASS = 24
 HOLD_AFTER_SWAP = 15  # seconds of load on the new version before the Locust run of step 6 is stopped
@@ -298,6 +299,27 @@ def test_2_up_wait_brings_serving_and_tensorboard_to_healthy(stack):
         health = {c["Service"]: c.get("Health") for c in _containers(stack, "serving", "tensorboard")}
         assert health == {"serving": "healthy", "tensorboard": "healthy"}, f"{health} {stack.note}"
         assert _versions(stack) == {"1": "AVAILABLE"}, f"{_versions(stack)} {stack.note}"
+
+
+def test_batch_profile_scores_the_data_folder_with_the_newest_model(stack):
+    """batch/Dockerfile builds like the other images, and `--profile batch run` labels the mounted corpus."""
+    stack.require("1 up trainer")
+    with _Step(stack, "batch: build + score the data folder"):
+        out = stack.workdir / "batch"
+        out.mkdir()
+        out.chmod(0o777)  # the container runs as BERTBC_UID (default 1000)
+        extra = {"BERTBC_BATCH_OUTPUT_DIR": str(out), "BERTBC_BATCH_WORKERS": "1"}
+        compose(stack, "--profile", "batch", "build", "batch", timeout=1500, extra_env=extra,
+                what="building the batch image")
+        compose(stack, "--profile", "batch", "run", "--rm", "batch", timeout=900, extra_env=extra,
+                what="docker compose --profile batch run --rm batch")
+        summary = json.loads((out / "summary.json").read_text())
+        documents = DOCS_PER_CLASS * len(BBC_LABELS)
+        assert (summary["rows_read"], summary["rows_scored"], summary["rows_dead_lettered"]) == (documents, documents, 0), \
+            f"{summary} {stack.note}"
+        assert summary["model_version"] == 1 and summary["reconciled"] is True, f"{summary} {stack.note}"
+        rows = [json.loads(line) for f in sorted(out.glob("predictions-*")) for line in f.read_text().splitlines()]
+        assert len(rows) == documents and {r["label"] for r in rows} <= set(BBC_LABELS), stack.note
 
 
 def test_3_raw_text_predict_through_the_published_port(stack):

@@ -1,15 +1,17 @@
 """Fault injection: SIGKILL the real trainer at every window where a crash could lose or duplicate work, rerun
-the same command to the end, and check that nothing was lost or published twice."""
+the same command to the end, and check that nothing was lost or published twice; kill -9, Ctrl-C and SIGTERM
+in the middle of an epoch, then check that the resumed run equals an uninterrupted one bit for bit."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_trainer, toy_config, trainer_flags, write_toy_corpus
+from tests.conftest import latest_weights, run_trainer, toy_config, trainer_flags, write_toy_corpus
 from trainer.checkpoints import checkpoint_number
 from trainer.export import TMP_PREFIX, clean_stale_exports
 from trainer.faults import POINTS, maybe_kill
@@ -56,6 +58,72 @@ def test_kill_then_rerun_loses_nothing_and_publishes_once(kill_at, tmp_path, cac
     assert meta["finished"] is True and meta["version"] == 1
 
 
+# The same toy run (dropout on: the tiny encoder's 0.1 and the head's 0.1) for every comparison below.
+def _equal_runs_config(tmp: Path, cache_dir):
+    corpus = write_toy_corpus(tmp / "bbc", docs_per_class=16)
+    return toy_config(tmp, corpus, cache_dir, epochs=2)
+
+
+def _flags(cfg) -> list[str]:
+    """The trainer's command line; the publishing checks (seconds each, tested elsewhere) are left out."""
+    return [*trainer_flags(cfg), "--gate", "off", "--load-check", "off"]
+
+
+def _history(cfg) -> list[dict]:
+    run_dir = next(Path(cfg.checkpoint_dir).iterdir())
+    return [{k: v for k, v in h.items() if k != "seconds"}
+            for h in json.loads((run_dir / "history.json").read_text())]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir, tiny_encoder):
+    cfg = _equal_runs_config(tmp_path_factory.mktemp("uninterrupted"), cache_dir)
+    done = run_trainer(_flags(cfg))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return latest_weights(next(Path(cfg.checkpoint_dir).iterdir())), _history(cfg)
+
+
+def _assert_equals_uninterrupted(cfg, uninterrupted):
+    weights, history = uninterrupted
+    resumed = latest_weights(next(Path(cfg.checkpoint_dir).iterdir()))
+    assert resumed.keys() == weights.keys() and len(weights) > 10
+    different = [k for k in weights if not np.array_equal(weights[k], resumed[k])]
+    assert different == [], f"resumed run differs from the uninterrupted one in {different[:5]}"
+    assert _history(cfg) == history  # the epoch's train loss/accuracy too: the running metrics were saved
+
+
+def test_kill_9_mid_epoch_resumes_from_the_step_save_bit_for_bit(tmp_path, cache_dir, uninterrupted):
+    cfg = _equal_runs_config(tmp_path, cache_dir)
+    flags = [*_flags(cfg), "--save-every-minutes", "1e-9"]  # a step save after every step
+    killed = run_trainer(flags, env={"BERTBC_TEST_KILL_AT": "step@7"})  # 5 steps per epoch: epoch 2, step 2
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = next(Path(cfg.checkpoint_dir).iterdir())
+    assert checkpoint_number(tf.train.latest_checkpoint(str(run_dir / "latest" / "steps"))) == 7
+    resumed = run_trainer(flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming epoch 2 after step 2/5" in resumed.stderr
+    assert not (run_dir / "latest" / "steps").exists(), "a stale step save is left after its epoch committed"
+    _assert_equals_uninterrupted(cfg, uninterrupted)
+
+
+@pytest.mark.parametrize("signal_at, code, where", [
+    ("SIGINT@7", 130, "epoch 2, step 2"),   # Ctrl-C mid-epoch (sent after global step 7)
+    ("SIGTERM@5", 143, "epoch 1, step 5"),  # kill at the last step of an epoch: saved before its validation
+])
+def test_signal_saves_at_the_next_step_and_exits_with_one_line(signal_at, code, where, tmp_path, cache_dir,
+                                                               uninterrupted):
+    cfg = _equal_runs_config(tmp_path, cache_dir)
+    stopped = run_trainer(_flags(cfg), env={"BERTBC_TEST_SIGNAL_AT": signal_at})
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last == f"interrupted at {where}; saved; rerun the same command to resume", stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr
+    assert not list(Path(cfg.model_base_path).glob("[0-9]*")), "an interrupted run must not export"
+    resumed = run_trainer(_flags(cfg))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_equals_uninterrupted(cfg, uninterrupted)
+
+
 def test_every_documented_point_is_exercised():
     assert {k.split("@")[0] for k in KILLS} == set(POINTS)
 
@@ -83,3 +151,19 @@ def test_stale_export_folders_are_removed_live_ones_kept(tmp_path):
         removed = clean_stale_exports(base)
     assert removed == [dead]
     assert live.exists() and fresh_unlocked.exists() and (base / "1").exists()
+
+
+def test_stop_signals_record_instead_of_raising_and_restore_the_defaults():
+    import os
+    import signal
+
+    from trainer.interrupts import Interrupted, StopSignals
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt without the handler
+        assert signals.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
+    stop = Interrupted(signal.SIGTERM, 2, 57)
+    assert stop.exit_code == 143
+    assert str(stop) == "interrupted at epoch 2, step 57; saved; rerun the same command to resume"

@@ -151,3 +151,80 @@ def test_cluster_roles():
     assert not cluster_from_env({"TF_CONFIG": with_chief}).is_chief
     assert cluster_from_env({"TF_CONFIG": with_chief}).num_workers == 2
     assert not cluster_from_env({}).multi_worker
+
+
+def _logs(tmp: Path) -> list[str]:
+    return [(tmp / f"worker-{i}.log").read_text() for i in range(2)]
+
+
+def test_workers_that_disagree_with_the_chief_all_refuse_naming_the_setting(setup, tmp_path, cache_dir):
+    """A worker started with another --seed would train on an inconsistent shard: every worker refuses, before
+    training, naming the setting."""
+    corpus, encoder, preprocess = setup
+    cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=1)
+    flags = _flags(cfg, encoder, preprocess)
+    ports = _free_ports(2)
+    procs = []
+    for i, extra in enumerate(([], ["--seed", "7"])):
+        env = {**os.environ, "TF_CONFIG": _tf_config(ports, i)}
+        log = open(tmp_path / f"worker-{i}.log", "a")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer", *flags, *extra], cwd=REPO_ROOT, env=env,
+                                      stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = _wait(procs, 240)
+    finally:
+        _stop(procs)
+    logs = _logs(tmp_path)
+    assert codes == [2, 2], f"exit codes {codes}\n--- worker 0\n{logs[0][-2000:]}\n--- worker 1\n{logs[1][-2000:]}"
+    assert "the workers disagree on --seed (this worker: --seed = 42)" in logs[0]
+    assert "the workers disagree on --seed (this worker: --seed = 7)" in logs[1]
+    assert not Path(cfg.checkpoint_dir).exists() or not list(Path(cfg.checkpoint_dir).iterdir())
+
+
+def test_a_chief_failing_after_training_ends_every_worker_with_its_error(setup, tmp_path, cache_dir):
+    """The export fails on the chief (its export check, made to fail): the workers, waiting for the outcome,
+    must not block forever; they exit non-zero with the chief's error in their log."""
+    from trainer.export_check import FAIL_FOR_TESTS
+
+    corpus, encoder, preprocess = setup
+    cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=1)
+    procs = _start_workers([*_flags(cfg, encoder, preprocess), "--load-check", "off"], tmp_path,
+                           env_per_worker=[{FAIL_FOR_TESTS: "1"}, {}])
+    started = time.monotonic()
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)
+    logs = _logs(tmp_path)
+    assert codes == [2, 2], (codes, logs[0][-2000:], logs[1][-2000:])
+    assert time.monotonic() - started < WORKER_TIMEOUT_S
+    assert "finished training run" in logs[1] and "the chief failed after training run" in logs[1], logs[1][-2000:]
+    assert f"RunError: export check: failed on purpose ({FAIL_FOR_TESTS} is set)" in logs[1]
+    assert not Path(cfg.model_base_path).exists() or not list(Path(cfg.model_base_path).glob("[0-9]*"))
+
+
+def test_each_worker_tokenizes_only_its_slice_of_a_global_batch(tiny_encoder):
+    """Worker i of N keeps rows [i*B/N, (i+1)*B/N) of every global batch (what DATA sharding hands it); the other
+    rows are blanked before tokenizing instead of tokenized and thrown away. Labels and order are untouched."""
+    from trainer.distributed import Cluster, input_slice
+    from trainer.pipeline import make_train_dataset
+    from trainer.preprocessing import Preprocessor
+
+    pre = Preprocessor(tiny_encoder.preprocess_handle, seq_length=16)
+    texts, labels = [f"word {'word ' * i}".encode() for i in range(7)], list(range(7))
+    everything = list(make_train_dataset(texts, labels, pre, batch_size=4, seed=1))
+    mine = list(make_train_dataset(texts, labels, pre, batch_size=4, seed=1, worker_slice=(2, 1)))
+    for (full, y_full), (part, y_part) in zip(everything, mine, strict=True):
+        np.testing.assert_array_equal(y_full, y_part)
+        kept = np.arange(len(y_full)) // 2 == 1
+        np.testing.assert_array_equal(part["input_word_ids"].numpy()[kept], full["input_word_ids"].numpy()[kept])
+        assert (part["input_mask"].numpy()[~kept].sum(axis=1) == 2).all()  # [CLS] [SEP] of an empty text
+
+    class OneReplicaEach:
+        num_replicas_in_sync = 2
+
+    two = Cluster(num_workers=2, task_index=1)
+    assert input_slice(two, OneReplicaEach(), 16) == (2, 1)
+    assert input_slice(two, OneReplicaEach(), 15) is None  # B not divisible by N: every row
+    assert input_slice(Cluster(), OneReplicaEach(), 16) is None
+    assert input_slice(Cluster(num_workers=2, has_chief_task=True, task_type="chief"), OneReplicaEach(), 16) is None

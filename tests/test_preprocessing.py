@@ -161,3 +161,28 @@ def test_trim_to_bucket_keeps_the_longest_row(real_lengths, expected):
     out = trim_to_bucket({k: tf.constant(v) for k, v in features.items()}, (4, 8, 12))
     for key, value in features.items():
         np.testing.assert_array_equal(out[key].numpy(), value[:, :expected])
+
+
+@pytest.mark.parametrize("truncation", ["head", "head_tail"])
+@pytest.mark.parametrize("windows", [1, 2, 3])
+def test_validation_packs_like_serving(spec, truncation, windows):
+    """Validation (``windowed(bucket=False)``, what run.py feeds make_eval_dataset) must see the tokens serving
+    sees, for every truncation and window count; with one window that is also what training packs."""
+    from trainer.export import serving_features
+
+    pre = Preprocessor(spec.preprocess_handle, seq_length=16, truncation=truncation)
+    texts = tf.constant([GOLDEN["cases"][-1]["text"], "short one", "", " ".join(["word"] * 40)])
+    validation, val_index = pre.windowed(texts, max_windows=windows, overlap=4, bucket=False)
+    served, doc_index = serving_features(pre, texts, max_windows=windows, overlap=4, bucket=False)
+    bucketed, _ = serving_features(pre, texts, max_windows=windows, overlap=4, bucket=True)
+    if windows == 1:
+        assert doc_index is None and val_index.numpy().tolist() == [0, 1, 2, 3]
+        for name, value in pre(texts).items():  # training's packing
+            np.testing.assert_array_equal(validation[name], value, err_msg=name)
+    else:
+        np.testing.assert_array_equal(doc_index, val_index)
+    for name in validation:
+        np.testing.assert_array_equal(validation[name], served[name], err_msg=name)
+        length = bucketed[name].shape[1]
+        np.testing.assert_array_equal(validation[name][:, :length], bucketed[name], err_msg=name)
+        assert not validation[name].numpy()[:, length:].any()

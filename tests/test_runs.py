@@ -112,3 +112,41 @@ def test_validation_window_overlap_is_part_of_a_runs_settings():
     assert run.describe_differences(default, other) == "--window-overlap (for validation) 64 (run) vs 32 (now)"
     head = run.run_settings(TrainConfig(val_windows=1, window_overlap=32), "fp", schedule)
     assert head["val_window_overlap"] is None  # head-only validation does not depend on it
+
+
+def test_new_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """Run names have a one-second resolution; two --new-run starts in that second must not share a folder."""
+    from trainer import run
+    from trainer.config import TrainConfig
+
+    cfg = TrainConfig(checkpoint_dir=str(tmp_path / "ckpt"), resume=False, encoder="tiny-random")
+    names = [run.choose_run(cfg, {})[0] for _ in range(3)]
+    assert len(set(names)) == 3, names
+    assert all((tmp_path / "ckpt" / name).is_dir() for name in names)
+
+
+def test_mixed_precision_run_exports_what_export_only_exports(tmp_path, cache_dir, tiny_encoder):
+    """--mixed-precision sets a process-wide Keras policy and graph rewrite; the export after training must not
+    inherit them: its version equals an --export-only of the same run (fresh process, float32). On this AVX2-only
+    CPU the bf16 rewrite is skipped (the log says so) and the policy alone makes the pooling bf16."""
+    import numpy as np
+    import tensorflow as tf
+
+    corpus = write_toy_corpus(tmp_path / "bbc", docs_per_class=6)
+    cfg = toy_config(tmp_path, corpus, cache_dir, epochs=1)
+    quick = ["--val-windows", "1", "--serve-windows", "2", "--load-check", "off"]
+    trained = run_trainer([*trainer_flags(cfg), "--mixed-precision", "bf16", *quick])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "--mixed-precision bf16: this CPU" in trained.stderr
+    again = run_trainer(["--export-only", "--checkpoint-dir", cfg.checkpoint_dir, "--model-base-path",
+                         cfg.model_base_path, "--cache-dir", cfg.cache_dir, "--serve-windows", "2", "--gate", "off",
+                         "--load-check", "off"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    texts = tf.constant(["Shares rose.", "the minister said the vote " * 20, ""])
+    outputs = [tf.saved_model.load(str(Path(cfg.model_base_path) / v)).signatures["serving_default"](text=texts)
+               for v in ("1", "2")]
+    np.testing.assert_allclose(outputs[0]["probabilities"].numpy(), outputs[1]["probabilities"].numpy(),
+                               rtol=0, atol=1e-6)
+    cards = [json.loads((Path(cfg.model_base_path) / v / "model_card.json").read_text()) for v in ("1", "2")]
+    assert cards[0]["export_val_accuracy"] == cards[1]["export_val_accuracy"]
+    assert cards[0]["export_check"]["trained_val_accuracy"] == cards[0]["best_val_accuracy"]

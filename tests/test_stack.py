@@ -238,15 +238,16 @@ def test_trainer_dependencies_are_only_what_the_trainer_imports():
     module_of = {"tensorflow": "tensorflow", "tensorflow-text": "tensorflow_text", "tf-keras": "tf_keras",
                  "tensorboard": "tensorboard", "tensorflow-hub": "tensorflow_hub", "safetensors": "safetensors",
                  "numpy": "numpy", "matplotlib": "matplotlib", "tqdm": "tqdm",
-                 "tensorflow-serving-api": "tensorflow_serving"}
-    sources = "\n".join(p.read_text() for p in (ROOT / "trainer").glob("*.py"))
+                 "tensorflow-serving-api": "tensorflow_serving", "pyarrow": "pyarrow"}
+    # The trainer image runs trainer/ and the corpus package it reads own corpora with.
+    sources = "\n".join(p.read_text() for folder in ("trainer", "corpus") for p in (ROOT / folder).glob("*.py"))
     imported = set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", sources, flags=re.M))
     for name in core:
         assert module_of[name] in imported, f"{name} is a core dependency but trainer/ never imports it"
     extras = project["optional-dependencies"]
     assert {"serve", "loadtest", "tensorboard", "dev"} <= set(extras)
     assert "locust" in _names(extras["loadtest"]) and "requests" in _names(extras["serve"])
-    assert "bertbc[serve,loadtest,tensorboard]" in extras["dev"]
+    assert "bertbc[serve,loadtest,tensorboard,batch]" in extras["dev"]
 
 
 # ---------------------------------------------------------------- versions
@@ -610,6 +611,8 @@ def _ignored(patterns: list[str], path: str) -> bool:
         ("pyproject.toml", False),
         ("trainer/cli.py", False),
         ("trainer/__main__.py", False),
+        ("corpus/readers.py", False),
+        ("serving/cli.py", True),
     ],
 )
 def test_root_dockerignore_sends_only_what_the_trainer_build_needs(path, ignored):

@@ -143,6 +143,56 @@ def test_best_checkpoint_saved_only_on_improvement(tmp_path):
     assert int(state.best_epoch.numpy()) == 5 and float(state.best_val_accuracy.numpy()) == 0.8
 
 
+def _tiny_state(seed: int = 0):
+    tf_keras.utils.set_random_seed(seed)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
+    loss = tf_keras.metrics.Mean("loss")
+    return model, loss, make_state(model, tf_keras.optimizers.Adam(), {"train_loss": loss})
+
+
+def test_step_save_resumes_mid_epoch_and_goes_stale_when_the_epoch_commits(tmp_path):
+    model, loss, state = _tiny_state(0)
+    ckpts = Checkpoints(tmp_path, state)
+    history = []
+    ckpts.end_epoch(0.5, history, lambda improved: {"epoch": 1, "val_accuracy": 0.5, "improved": improved})
+    model.layers[0].kernel.assign_add(tf.ones([3, 2]))  # "training" in epoch 2
+    loss.update_state([2.0, 4.0])
+    ckpts.save_step(3, global_step=8)
+    trained = model.layers[0].kernel.numpy()
+
+    model2, loss2, state2 = _tiny_state(1)  # a new process: other initial weights, empty metric
+    assert Checkpoints(tmp_path, state2).restore_latest()
+    assert int(state2.epoch.numpy()) == 1 and int(state2.step_in_epoch.numpy()) == 3
+    np.testing.assert_array_equal(model2.layers[0].kernel.numpy(), trained)
+    assert float(loss2.result()) == 3.0  # the epoch's running train loss came back too
+
+    ckpts.end_epoch(0.4, history, lambda improved: {"epoch": 2, "val_accuracy": 0.4, "improved": improved})
+    assert not ckpts.steps_dir.exists(), "the step save of a committed epoch must be removed"
+    _, _, state3 = _tiny_state(2)
+    assert Checkpoints(tmp_path, state3).restore_latest()
+    assert int(state3.epoch.numpy()) == 2 and int(state3.step_in_epoch.numpy()) == 0
+
+
+def test_a_stale_step_save_is_never_restored(tmp_path):
+    """Killed after latest/ committed epoch 2 but before the step save of epoch 2 was removed."""
+    model, _, state = _tiny_state(0)
+    ckpts = Checkpoints(tmp_path, state)
+    history = []
+    ckpts.end_epoch(0.5, history, lambda improved: {"epoch": 1, "val_accuracy": 0.5, "improved": improved})
+    ckpts.save_step(2, global_step=7)
+    stale = tmp_path / "stale"
+    import shutil
+
+    shutil.copytree(ckpts.steps_dir, stale)
+    model.layers[0].kernel.assign(tf.zeros([3, 2]))
+    ckpts.end_epoch(0.6, history, lambda improved: {"epoch": 2, "val_accuracy": 0.6, "improved": improved})
+    shutil.copytree(stale, ckpts.steps_dir)  # as if the removal never happened
+    model2, _, state2 = _tiny_state(1)
+    assert Checkpoints(tmp_path, state2).restore_latest()
+    assert int(state2.epoch.numpy()) == 2 and int(state2.step_in_epoch.numpy()) == 0
+    np.testing.assert_array_equal(model2.layers[0].kernel.numpy(), np.zeros([3, 2]))
+
+
 def test_kill_9_mid_epoch_then_rerun_resumes_at_the_next_epoch(tmp_path, cache_dir, tiny_encoder):
     corpus = write_toy_corpus(tmp_path / "bbc", docs_per_class=16)
     cfg = toy_config(tmp_path, corpus, cache_dir, epochs=3)
@@ -194,6 +244,7 @@ def test_help_explains_every_flag():
     (["--pooling", "max"], "invalid choice: 'max'"),
     (["--encoder-handle", "/x"], "--encoder-handle and --preprocess-handle must be given together"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--save-every-minutes", "-1"], "--save-every-minutes must be >= 0"),
 ])
 def test_bad_flags_fail_fast_naming_the_flag(args, message):
     done = run_trainer(args)
@@ -225,3 +276,27 @@ def test_logged_learning_rate_is_the_rate_of_the_step_taken(trained):
     peak_step = schedule.warmup_steps + 1
     if peak_step in logged:
         assert logged[peak_step] == pytest.approx(cfg.learning_rate)
+
+
+@pytest.mark.parametrize("epoch, steps_done, validation, expected", [
+    (1, 0, None, 10 * 2.0 * 2 + 2 * (0.25 * 10 * 2.0) + 60),  # validation guessed as a quarter of an epoch
+    (1, 10, 5.0, 10 * 2.0 + 2 * 5.0 + 60),                    # epoch 1 trained: its validation and epoch 2 left
+    (2, 10, 5.0, 5.0 + 60),                                   # only the last validation and the export
+])
+def test_run_time_left_counts_steps_validations_and_export(epoch, steps_done, validation, expected):
+    from trainer.eta import RunClock
+
+    clock = RunClock(steps_per_epoch=10, epochs=2)
+    assert clock.remaining(epoch=1, steps_done=0) is None  # nothing measured yet
+    for seconds in (30.0, 2.0, 2.0):  # the first (tracing) step is left out
+        clock.record_step(seconds)
+    if validation is not None:
+        clock.record_validation(validation)
+    assert clock.remaining(epoch=epoch, steps_done=steps_done) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "?"), (7, "7s"), (95, "1m35s"), (3725, "1h02m")])
+def test_format_duration(seconds, text):
+    from trainer.eta import format_duration
+
+    assert format_duration(seconds) == text

@@ -8,6 +8,10 @@ Two SavedModels are written, matching what the TF Hub BERT tutorial loads:
   of the N per-layer ``[B, S, H]`` outputs, the last one equal to ``sequence_output``). ``__call__`` is traced
   for ``training`` True and False (dropout only in training) and the object carries ``variables``,
   ``trainable_variables`` and ``regularization_losses``, so ``hub.KerasLayer(path, trainable=True)`` fine-tunes it.
+  A fourth, optional input ``dropout_seed`` (int64 ``[2]``, traced for ``training=True`` only) makes dropout
+  stateless: each dropout site folds its index into that seed, so the masks are a pure function of the seed the
+  trainer passes (run seed, step, replica) and a resumed or multi-replica run draws what an uninterrupted one
+  would. Without it (the three-input contract, TF Hub's) training-mode dropout is TensorFlow's stateful op.
 * the **preprocessor**, mirroring ``bert_en_uncased_preprocess``: ``tokenize(strings [B])`` → int32 RaggedTensor
   ``[B, (words), (wordpieces)]``, ``bert_pack_inputs(segments, seq_length)`` → the encoder's input dict and
   ``__call__(strings)`` = both at ``seq_length=128``. Only core TF and ``tensorflow_text`` ops are used (BertTokenizer
@@ -151,12 +155,22 @@ class BertEncoder(tf.Module):
         return tf.einsum("bsi,io->bso", x, params[0]) + params[1]
 
     @staticmethod
-    def _dropout(x, rate, training, seed):
-        """Dropout with a fixed op seed per call site: without one, the saved op has seed 0/0 and draws from the
-        OS at every process start, so two runs with the same --seed could never give the same model."""
-        return tf.nn.dropout(x, rate=rate, seed=seed) if training and rate > 0 else x
+    def _dropout(x, rate, training, site, dropout_seed=None):
+        """Dropout at call site ``site`` (a small int unique per site).
 
-    def _attention(self, x, additive_mask, layer, training, seed):
+        With ``dropout_seed`` (int64 [2]) the mask is ``stateless_dropout`` of ``fold_in(dropout_seed, site)``: a
+        pure function of the seed, so it has no hidden state to lose on resume and differs wherever the caller's
+        seed differs (per step, per replica). Without it, TensorFlow's stateful dropout with ``site`` as op seed
+        (the TF Hub contract; its state lives in no checkpoint).
+        """
+        if not training or rate <= 0:
+            return x
+        if dropout_seed is None:
+            return tf.nn.dropout(x, rate=rate, seed=site)
+        seed = tf.random.experimental.stateless_fold_in(dropout_seed, tf.constant(site, tf.int64))
+        return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
+
+    def _attention(self, x, additive_mask, layer, training, seed, dropout_seed=None):
         cfg = self.config
         heads, size = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
@@ -166,13 +180,20 @@ class BertEncoder(tf.Module):
 
         q, k, v = (split(self._dense(x, layer[n])) for n in ("query", "key", "value"))
         scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(size) + additive_mask
-        probs = self._dropout(tf.nn.softmax(scores, axis=-1), cfg.attention_probs_dropout_prob, training, seed)
+        probs = self._dropout(tf.nn.softmax(scores, axis=-1), cfg.attention_probs_dropout_prob, training, seed,
+                              dropout_seed)
         context = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [batch, seq, cfg.hidden_size])
         return context
 
     def forward(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict:
-        """The BERT forward pass; ``training`` must be a Python bool (it selects the traced graph)."""
+        """The BERT forward pass; ``training`` must be a Python bool (it selects the traced graph).
+
+        ``inputs`` may hold ``dropout_seed`` (int64 [2]): the stateless dropout seed (see ``_dropout``).
+        """
         cfg = self.config
+        dropout_seed = inputs.get("dropout_seed")
+        if dropout_seed is not None:
+            dropout_seed = tf.cast(dropout_seed, tf.int64)
         word_ids = tf.cast(inputs["input_word_ids"], tf.int32)
         mask = tf.cast(inputs["input_mask"], tf.float32)
         type_ids = tf.cast(inputs["input_type_ids"], tf.int32)
@@ -180,16 +201,18 @@ class BertEncoder(tf.Module):
         x = (tf.gather(self.word_embeddings, word_ids)
              + tf.gather(self.position_embeddings, tf.range(seq))[tf.newaxis]
              + tf.gather(self.type_embeddings, type_ids))
-        x = self._dropout(self._norm(x, self.embedding_norm), cfg.hidden_dropout_prob, training, seed=1)
+        x = self._dropout(self._norm(x, self.embedding_norm), cfg.hidden_dropout_prob, training, 1, dropout_seed)
         additive_mask = (1.0 - mask)[:, tf.newaxis, tf.newaxis, :] * MASK_NEGATIVE
         outputs = []
         for i, layer in enumerate(self.layers):
             seed = 100 + 3 * i
-            attended = self._dense(self._attention(x, additive_mask, layer, training, seed), layer["attention_output"])
-            x = self._norm(x + self._dropout(attended, cfg.hidden_dropout_prob, training, seed + 1),
+            attended = self._dense(self._attention(x, additive_mask, layer, training, seed, dropout_seed),
+                                   layer["attention_output"])
+            x = self._norm(x + self._dropout(attended, cfg.hidden_dropout_prob, training, seed + 1, dropout_seed),
                            layer["attention_norm"])
             hidden = tf.nn.gelu(self._dense(x, layer["intermediate"]), approximate=False)
-            out = self._dropout(self._dense(hidden, layer["output"]), cfg.hidden_dropout_prob, training, seed + 2)
+            out = self._dropout(self._dense(hidden, layer["output"]), cfg.hidden_dropout_prob, training, seed + 2,
+                                dropout_seed)
             x = self._norm(x + out, layer["output_norm"])
             outputs.append(x)
         pooled = tf.tanh(tf.matmul(x[:, 0], self.pooler[0]) + self.pooler[1])
@@ -214,16 +237,24 @@ class _HubEncoder(tf.__internal__.tracking.AutoTrackable):
         return self.encoder.forward(inputs, training=training)
 
 
-def _input_spec() -> dict[str, tf.TensorSpec]:
-    return {k: tf.TensorSpec([None, None], tf.int32, name=k)
+DROPOUT_SEED = "dropout_seed"  # the optional encoder input of a seeded (stateless) dropout
+
+
+def _input_spec(dropout_seed: bool = False) -> dict[str, tf.TensorSpec]:
+    spec = {k: tf.TensorSpec([None, None], tf.int32, name=k)
             for k in ("input_word_ids", "input_mask", "input_type_ids")}
+    if dropout_seed:
+        spec[DROPOUT_SEED] = tf.TensorSpec([2], tf.int64, name=DROPOUT_SEED)
+    return spec
 
 
 def save_encoder(config: BertConfig, weights: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Writes the hub-style encoder SavedModel to ``path`` (traced for training True and False)."""
+    """Writes the hub-style encoder SavedModel to ``path``: traced for training True and False with the three
+    standard inputs, and for training True with ``dropout_seed`` added (seeded dropout, see ``_dropout``)."""
     root = _HubEncoder(BertEncoder(config, weights))
     for training in (False, True):
         root.__call__.get_concrete_function(_input_spec(), training=training)
+    root.__call__.get_concrete_function(_input_spec(dropout_seed=True), training=True)
     tf.saved_model.save(root, os.fspath(path))
     (pathlib.Path(path) / "assets.extra").mkdir(exist_ok=True)
     (pathlib.Path(path) / "assets.extra" / "bert_config.json").write_text(

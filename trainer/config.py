@@ -24,7 +24,17 @@ class TrainConfig:
     `SEED_NOTEBOOK` below holds the seed notebook's settings, one flag set away.
     """
 
-    data_dir: str | None = None
+    data_dir: str | None = None  # --data (alias --data-dir): class folders, CSV/TSV, JSONL, Parquet, globs
+    # Own-corpus columns and splits (corpus/ package; docs/own-data.md). Class folders ignore the columns.
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    label_names: str | None = None  # "1=World,2=Sports" or a file of value=name lines: served names and order
+    encoding: str = "utf-8"
+    validation_data: str | None = None
+    test_data: str | None = None
+    test_split: float = 0.0  # stratified held-out test share, scored once through the exported graph
+    min_examples: int = 2
+    dedup: bool = False  # drop validation/test rows that duplicate an earlier split (exact, normalized, near)
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     encoder: str = "minilm-l6"
     encoder_handle: str | None = None
@@ -62,6 +72,13 @@ class TrainConfig:
     export_only: bool = False
     resume: bool = True
     steps_per_summary: int = 10
+    save_every_minutes: float = 10.0  # step checkpoint in latest/steps/ (0 = only at epoch ends and on signals)
+    # Publishing (trainer/gate.py, trainer/loadcheck.py): export-time only, like --export-precision.
+    gate: str = "on"  # on | off: publish only if not worse than the served version
+    gate_min: float | None = None  # absolute floor of the gate's metric
+    gate_tolerance: float | None = None  # how far below the served score; None = one document of the set
+    gate_data: str | None = None  # a gold set (own-corpus formats) instead of the validation split
+    load_check: str = "on"  # on | off: load the candidate in a fresh process before publishing
 
     def validate(self) -> TrainConfig:
         """Fail fast, naming the flag, before any expensive work starts."""
@@ -78,11 +95,20 @@ class TrainConfig:
             raise ConfigError(f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not self.save_every_minutes >= 0:
+            raise ConfigError(f"--save-every-minutes must be >= 0, got {self.save_every_minutes}")
         if not 0 < self.validation_split < 1:
             raise ConfigError(f"--validation-split must be in (0, 1), got {self.validation_split}")
+        if not 0 <= self.test_split < 1 or self.test_split + self.validation_split >= 1:
+            raise ConfigError(f"--test-split must be in [0, 1) and leave rows to train on with --validation-split "
+                              f"{self.validation_split}, got {self.test_split}")
+        if self.min_examples < 1:
+            raise ConfigError(f"--min-examples must be >= 1, got {self.min_examples}")
+        if not self.text_columns or any(not c for c in self.text_columns):
+            raise ConfigError("--text-column must name a column")
         choices = {"pooling": ("cls", "mean"), "truncation": ("head", "head_tail"),
                    "strategy": ("auto", "default", "mirrored"), "mixed_precision": ("off", "bf16", "fp16"),
-                   "export_precision": ("fp32", "bf16")}
+                   "export_precision": ("fp32", "bf16"), "gate": ("on", "off"), "load_check": ("on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -96,6 +122,10 @@ class TrainConfig:
         if max(self.serve_windows, self.val_windows) > 1 and not 0 <= self.overlap_tokens < self.seq_length - 2:
             raise ConfigError(f"--window-overlap must be in [0, --seq-length - 2) = [0, {self.seq_length - 2}), "
                               f"got {self.window_overlap}")
+        for name in ("gate_min", "gate_tolerance"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1] (a share of the metric), got {value}")
         if (self.encoder_handle is None) != (self.preprocess_handle is None):
             raise ConfigError("--encoder-handle and --preprocess-handle must be given together")
         return self

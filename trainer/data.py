@@ -79,6 +79,10 @@ class Corpus:
     val_paths: tuple[str, ...]
     invalid_utf8_paths: tuple[str, ...]
     fingerprint: str
+    # A held-out test set (own corpora with --test-split / --test-data; BBC's default split has none).
+    test_texts: tuple[bytes, ...] = ()
+    test_labels: tuple[int, ...] = ()
+    test_paths: tuple[str, ...] = ()
 
     def class_counts(self, split: str) -> dict[str, int]:
         """Documents per class name in one split.
@@ -172,9 +176,9 @@ def _scan(root: pathlib.Path) -> dict[str, int]:
 
 
 def _how_to_provide(cache_dir: str | os.PathLike | None = None, url: str = BBC_URL) -> str:
-    where = (
-        f"{os.path.join(os.fspath(cache_dir), 'data')}/" if cache_dir is not None else "<cache_dir>/data/"
-    )
+    from trainer.config import default_cache_dir  # the real folder, never a literal placeholder
+
+    where = f"{os.path.join(os.fspath(cache_dir if cache_dir is not None else default_cache_dir()), 'data')}/"
     return (
         "Provide the corpus with --data-dir DIR, where DIR holds one folder per class with .txt files "
         "(DIR/business/001.txt, ...; the layout of the official bbc-fulltext.zip, whose bbc/ folder or its "

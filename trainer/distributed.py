@@ -16,12 +16,14 @@ the same command with the same flags; worker 0 (or the `chief` task, if the clus
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger("bertbc.trainer")
@@ -133,6 +135,61 @@ def broadcast_string(strategy: tf.distribute.Strategy, value: str | None) -> str
 
     summed = exchange(tf.constant(padded, tf.int32)).numpy()
     return bytes(int(b) for b in summed if b).decode()
+
+
+def input_slice(cluster: Cluster, strategy: tf.distribute.Strategy, batch_size: int) -> tuple[int, int] | None:
+    """(workers, index) when this worker's share of each global batch is the contiguous slice i of N, else None.
+
+    ``experimental_distribute_dataset`` rebatches each global batch of B into N pieces of B/N and shards them
+    by DATA: worker i (its input pipeline id, the task index when the cluster has no separate chief task) gets
+    piece i. That holds for one replica per worker and B divisible by N; other layouts tokenize every row.
+    """
+    n = cluster.num_workers
+    if not cluster.multi_worker or cluster.has_chief_task or strategy.num_replicas_in_sync != n or batch_size % n:
+        return None
+    return n, cluster.task_index
+
+
+def outcome_text(error: BaseException) -> str:
+    """A failure as a broadcastable outcome: "!" + the error's type and message, cut to fit one broadcast."""
+    data = f"!{type(error).__name__}: {error}".encode()[:_BROADCAST_BYTES]
+    return data.decode(errors="ignore")
+
+
+def _setting_hashes(settings: dict) -> list[int]:
+    """Two independent 12-bit hashes per setting (sorted keys): small enough that sums of squares fit int32."""
+    out = []
+    for key in sorted(settings):
+        digest = hashlib.sha256(json.dumps([key, settings[key]], sort_keys=True, default=str).encode()).digest()
+        out += [int.from_bytes(digest[:2], "big") % 4096 + 1, int.from_bytes(digest[2:4], "big") % 4096 + 1]
+    return out
+
+
+def disagreeing_settings(strategy: tf.distribute.Strategy, settings: dict) -> list[str]:
+    """The keys of `settings` whose values are not the same on every worker (every worker gets the same answer).
+
+    One all-reduce of (h, h^2) per setting hash h: the values agree iff n * sum(h^2) == sum(h)^2 (equality in
+    Cauchy-Schwarz), so each worker learns WHICH settings differ without the values having to travel. Two
+    12-bit hashes per key leave a 1 in 16 million chance to miss a difference.
+
+    Args:
+      strategy: the training strategy (a no-op with one replica).
+      settings: JSON-able values by name; every worker must pass the same keys (same code version).
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return []
+    hashes = np.asarray(_setting_hashes(settings), np.int64)
+    mine = tf.constant(np.concatenate([hashes, hashes ** 2, [1]]), tf.int32)
+
+    @tf.function
+    def exchange(values):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(values)), axis=None)
+
+    summed = exchange(mine).numpy().astype(np.int64)
+    k, n = len(hashes), summed[-1]
+    differs = n * summed[k:2 * k] != summed[:k] ** 2
+    keys = sorted(settings)
+    return sorted({keys[i // 2] for i in np.flatnonzero(differs)})
 
 
 class WorkerFolders:

@@ -27,8 +27,9 @@ from trainer.config import default_cache_dir
 DEFAULT_ENCODER = "minilm-l6"
 POOLINGS = ("cls", "mean")
 _READY_MARKER = "BUILD_COMPLETE"
-# Bumped when built encoders change; an older build in the cache is rebuilt. 2: dropout ops carry fixed seeds.
-BUILD_FORMAT = "2"
+# Bumped when built encoders change; an older build in the cache is rebuilt. 2: dropout ops carry fixed seeds;
+# 3: an optional dropout_seed input (stateless dropout from the run seed, step and replica).
+BUILD_FORMAT = "3"
 _PROBE_TIMEOUT_S = 3.0
 
 

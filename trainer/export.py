@@ -105,18 +105,27 @@ class ServingModule(tf.Module):
         return self._answer(text, bucket=False)
 
     def _answer(self, text, *, bucket: bool):
-        if self.max_windows == 1:
-            features = self.preprocessor.bucketed(text) if bucket else self.preprocessor(text)
-            logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
-        else:  # the whole article in windows, logits averaged per document (trainer/windows.py)
-            features, doc_index = self.preprocessor.windowed(text, max_windows=self.max_windows,
-                                                             overlap=self.window_overlap, bucket=bucket)
-            window_logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
-            logits = mean_over_windows(window_logits, doc_index, tf.shape(text)[0])
+        features, doc_index = serving_features(self.preprocessor, text, max_windows=self.max_windows,
+                                               overlap=self.window_overlap, bucket=bucket)
+        logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
+        if doc_index is not None:  # the whole article in windows, logits averaged per document (trainer/windows.py)
+            logits = mean_over_windows(logits, doc_index, tf.shape(text)[0])
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities, "class_id": class_id,
                 "label": tf.gather(self.class_names, class_id)}
+
+
+def serving_features(preprocessor, text, *, max_windows: int, overlap: int, bucket: bool):
+    """What ``serve`` feeds the classifier: (dict of int32 [W, L], doc_index int32 [W] or None for one per text).
+
+    One window per text is the ``Preprocessor`` call (its truncation: head or head+tail, as trained); more read
+    the whole text (``Preprocessor.windowed``). Validation packs with ``Preprocessor.windowed(bucket=False)``,
+    which gives the same windows (tests/test_preprocessing.py checks every truncation x window count).
+    """
+    if max_windows == 1:
+        return (preprocessor.bucketed(text) if bucket else preprocessor(text)), None
+    return preprocessor.windowed(text, max_windows=max_windows, overlap=overlap, bucket=bucket)
 
 
 def check_rebuild(module: ServingModule, classifier, features: dict[str, tf.Tensor], tolerance: float = 1e-4) -> float:
@@ -168,7 +177,8 @@ _LOCK = ".export.lock"
 _UNLOCKED_STALE_SECONDS = 600
 
 
-def export_saved_model(module: ServingModule, base_path: str | Path, *, write_extras=None) -> tuple[int, Path]:
+def export_saved_model(module: ServingModule, base_path: str | Path, *, write_extras=None,
+                       before_publish=None) -> tuple[int, Path]:
     """Saves `module` with its `serving_default` signature as the next version under `base_path`.
 
     The version is written into a hidden temporary folder, flushed, then renamed into place and the rename
@@ -181,6 +191,9 @@ def export_saved_model(module: ServingModule, base_path: str | Path, *, write_ex
       base_path: the model's base path (e.g. `models/bertbc`), created if missing.
       write_extras: optional `f(tmp_version_dir)` run after saving and before publishing, for warm-up
         requests, the model card and checks; if it raises, nothing is published and the temp folder is removed.
+      before_publish: optional `f(tmp_version_dir)` run last, on the complete folder, right before the rename
+        (the evaluation gate and load check, trainer/gate.py); if it raises, nothing is published (it may have
+        moved the folder elsewhere first, e.g. to models/rejected/).
 
     Returns:
       (version number, final version path).
@@ -197,6 +210,8 @@ def export_saved_model(module: ServingModule, base_path: str | Path, *, write_ex
             tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve})
             if write_extras is not None:
                 write_extras(tmp)
+            if before_publish is not None:
+                before_publish(tmp)
             os.unlink(tmp / _LOCK)  # not part of the version; the open descriptor keeps the lock
             _fsync_tree(tmp)
             version, target = publish(tmp, base)
@@ -237,8 +252,14 @@ def clean_stale_exports(base_path: str | Path) -> list[Path]:
 
 
 def _fsync_tree(root: Path) -> None:
-    """Flushes every file so a crash right after the rename cannot leave a published but empty version."""
-    for path in sorted(root.rglob("*")):
+    """Flushes every file, then every folder (deepest first, `root` last), so a crash right after the rename
+    cannot leave a published version with empty files or missing entries (POSIX: a new file's name is durable
+    only once its directory is synced; `variables/` and `assets/` are such directories)."""
+    paths = sorted(root.rglob("*"))
+    for path in paths:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+    for path in sorted((p for p in paths if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(path)
+    fsync_dir(root)

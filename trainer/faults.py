@@ -2,7 +2,9 @@
 
 Set `BERTBC_TEST_KILL_AT` to one point (optionally `POINT@EPOCH` to kill only at that epoch, or `step@N` to kill
 right after global step N). Unset in normal use: `maybe_kill` is then a dictionary lookup and nothing else.
-The points are the windows in which a crash could lose or duplicate work:
+`BERTBC_TEST_SIGNAL_AT=SIGINT@N` (or SIGTERM) sends that signal to this process right after global step N, as
+a user's Ctrl-C or `kill` would (`maybe_signal`). The kill points are the windows in which a crash could lose or
+duplicate work:
 """
 
 from __future__ import annotations
@@ -37,3 +39,15 @@ def maybe_kill(point: str, at: int | None = None) -> None:
         return
     if target[1] is None or target[1] == at:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_signal(step: int) -> None:
+    """Sends this process the signal BERTBC_TEST_SIGNAL_AT names (`SIGINT@N`/`SIGTERM@N`) right after step N."""
+    raw = os.environ.get("BERTBC_TEST_SIGNAL_AT", "").strip()
+    if not raw:
+        return
+    name, _, at = raw.partition("@")
+    if name not in ("SIGINT", "SIGTERM") or not at.isdigit():
+        raise ValueError(f"BERTBC_TEST_SIGNAL_AT={raw!r}: expected SIGINT@N or SIGTERM@N")
+    if int(at) == step:
+        os.kill(os.getpid(), getattr(signal, name))

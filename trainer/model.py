@@ -1,13 +1,80 @@
-"""The classifier: pretrained encoder → pooled representation → Dropout → Dense logits."""
+"""The classifier: pretrained encoder → pooled representation → Dropout → Dense logits.
+
+Seeded dropout: inside `dropout_seed(seed)` (what `trainer.loop`'s train step does, with a seed derived from the
+run seed, the global step and the replica id) a training-mode call draws every dropout mask from that seed with
+stateless ops: the encoder's (if it accepts a `dropout_seed` input, as encoders built by `trainer.bert_convert`
+do) and the head's. Outside it, or for TF Hub encoders (whose dropout is an internal stateful op that takes no
+seed), dropout is Keras'/TensorFlow's usual stateful dropout. Inference (`training=False`) never drops.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
+from trainer.bert_convert import DROPOUT_SEED
+
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 HEAD_NAME = "classifier"
+# What each consumer folds into the step's seed: the encoder's sites fold in their own index on top.
+ENCODER_STREAM, HEAD_STREAM = 0, 1
+
+# Per thread, because MirroredStrategy runs each replica's step in its own thread.
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def dropout_seed(seed):
+    """Within this block, training-mode calls of a classifier draw their dropout from `seed` (int64 [2])."""
+    previous = getattr(_current, "seed", None)
+    _current.seed = tf.cast(seed, tf.int64)
+    try:
+        yield
+    finally:
+        _current.seed = previous
+
+
+def _stream_seed(stream: int):
+    seed = getattr(_current, "seed", None)
+    return None if seed is None else tf.random.experimental.stateless_fold_in(seed, tf.constant(stream, tf.int64))
+
+
+def accepts_dropout_seed(func) -> bool:
+    """Whether a loaded encoder SavedModel has a `__call__` trace that takes a `dropout_seed` input."""
+    restored_call = func.__call__ if callable(func) else None  # a RestoredFunction with its traces
+    for concrete in getattr(restored_call, "concrete_functions", ()):
+        args = concrete.structured_input_signature[0]
+        if args and isinstance(args[0], dict) and DROPOUT_SEED in args[0]:
+            return True
+    return False
+
+
+class SeededKerasLayer(hub.KerasLayer):
+    """`hub.KerasLayer` that hands the current `dropout_seed` to an encoder that accepts one (training only)."""
+
+    def __init__(self, handle, **kwargs):
+        super().__init__(handle, **kwargs)
+        self.seeded = accepts_dropout_seed(self._func)
+
+    def call(self, inputs, training=None):
+        seed = _stream_seed(ENCODER_STREAM) if self.seeded and training is True and self.trainable else None
+        if seed is not None:
+            inputs = {**inputs, DROPOUT_SEED: seed}
+        return super().call(inputs, training=training)
+
+
+class SeededDropout(tf_keras.layers.Dropout):
+    """Keras Dropout whose mask, inside `dropout_seed`, is stateless dropout of that seed (else Keras' own)."""
+
+    def call(self, inputs, training=None):
+        seed = _stream_seed(HEAD_STREAM) if training is True and self.rate > 0 else None
+        if seed is None:
+            return super().call(inputs, training=training)
+        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
 
 
 class MaskedMeanPooling(tf_keras.layers.Layer):
@@ -38,8 +105,8 @@ def build_classifier(
 ) -> tf_keras.Model:
     """Builds the fine-tuning model around a TF Hub–style encoder (URL or local SavedModel path).
 
-    Every encoder, online or offline, goes through `hub.KerasLayer`, so the loop, checkpoints and export never
-    depend on which one was chosen. The head is float32 even under a mixed-precision policy, so the logits and
+    Every encoder, online or offline, goes through `hub.KerasLayer` (`SeededKerasLayer` only adds the dropout
+    seed, see the module docstring), so the loop, checkpoints and export never depend on which one was chosen. The head is float32 even under a mixed-precision policy, so the logits and
     the loss keep full precision.
 
     Args:
@@ -59,13 +126,13 @@ def build_classifier(
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     inputs = {name: tf_keras.layers.Input(shape=(seq_length,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
-    encoder = hub.KerasLayer(encoder_handle, trainable=trainable, name="encoder")
+    encoder = SeededKerasLayer(encoder_handle, trainable=trainable, name="encoder")
     outputs = encoder(inputs)
     if pooling == "cls":
         pooled = outputs["pooled_output"]
     else:
         pooled = MaskedMeanPooling(name="mean_pooling")(outputs["sequence_output"], inputs["input_mask"])
-    pooled = tf_keras.layers.Dropout(dropout, name="dropout")(pooled)
+    pooled = SeededDropout(dropout, name="dropout")(pooled)
     logits = tf_keras.layers.Dense(num_classes, name=HEAD_NAME, dtype="float32")(pooled)
     return tf_keras.Model(inputs=inputs, outputs=logits, name="bertbc_classifier")
 

@@ -17,6 +17,8 @@ def make_train_dataset(
     batch_size: int,
     seed: int,
     parallel: bool = True,
+    skip_batches: int = 0,
+    worker_slice: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Training batches: raw text cached in memory, reshuffled every epoch, tokenized per batch.
 
@@ -30,6 +32,11 @@ def make_train_dataset(
       batch_size: global batch size (split across replicas by tf.distribute).
       seed: shuffle seed; the order differs per epoch but is reproducible per run.
       parallel: False gives a sequential pipeline with no prefetch (for the pipeline benchmark only).
+      skip_batches: leave out this many batches at the start (a run resumed mid-epoch); they are dropped before
+        tokenizing, and the rest of the epoch is exactly what an uninterrupted iteration would give.
+      worker_slice: (workers, this worker's index) under MultiWorkerMirroredStrategy with one replica per
+        worker: tf.distribute (DATA sharding) gives worker i rows [i*B/N, (i+1)*B/N) of each global batch,
+        so only those are tokenized here (`trainer.distributed.input_slice`); None tokenizes every row.
 
     Returns:
       A dataset of `(features: dict[str, int32 [B, S]], labels: int32 [B])`.
@@ -37,8 +44,19 @@ def make_train_dataset(
     ds = tf.data.Dataset.from_tensor_slices((list(texts), tf.constant(list(labels), tf.int32))).cache()
     ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    if worker_slice is not None:  # multi-worker: tokenize only the rows tf.distribute hands this worker
+        num_workers, index = worker_slice
+        own = batch_size // num_workers
+
+        def preprocess(t, tokenize=preprocess):  # other workers' rows become "" (costs nothing to tokenize)
+            return tokenize(tf.where(tf.range(tf.shape(t)[0]) // own == index, t, tf.zeros_like(t)))
     ds = ds.map(lambda t, y: (preprocess(t), y), num_parallel_calls=AUTOTUNE if parallel else None,
                 deterministic=True)
+    options = tf.data.Options()  # explicit: sharding by FILE cannot apply to in-memory texts
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE) if parallel else ds
 
 

@@ -169,10 +169,16 @@ class Preprocessor(tf.Module):
         Each document's word pieces are cut into at most ``max_windows`` windows of ``seq_length - 2``
         (``trainer.windows``), each packed like a truncated document, and (``bucket``) the batch is cut to its
         bucket as in ``bucketed``; ``bucket=False`` keeps L = seq_length (validation batches windows of several
-        calls together). ``max_windows=1`` is head truncation. Used inside graphs (not a signature).
+        calls together). ``max_windows=1`` is one window per document cut by ``truncation`` (head or head+tail,
+        exactly like ``__call__``), so validation, training and serving read the same tokens. Used inside graphs.
         """
-        windows, doc_index = split_windows(tf.cast(self.wordpieces(texts), tf.int64), budget=self.seq_length - 2,
-                                           overlap=overlap, max_windows=max_windows)
+        tokens = tf.cast(self.wordpieces(texts), tf.int64)
+        if max_windows == 1:
+            windows = truncate(tokens, self.seq_length - 2, self.truncation)
+            doc_index = tf.range(tokens.nrows(out_type=tf.int32))
+        else:
+            windows, doc_index = split_windows(tokens, budget=self.seq_length - 2, overlap=overlap,
+                                               max_windows=max_windows)
         features = self._pack(windows)
         if bucket:
             features = trim_to_bucket(features, bucket_lengths(self.seq_length))

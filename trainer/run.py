@@ -33,15 +33,16 @@ from trainer.checkpoints import Checkpoints, best_checkpoint_path, make_state, w
 from trainer.config import MODEL_KEYS, TrainConfig
 from trainer.export import (
     ServingModule,
-    check_rebuild,
     clean_stale_exports,
     export_saved_model,
     parse_version,
 )
+from trainer.export_check import ExportCheckError, check_export, check_validation_accuracy
 from trainer.loop import build_training, run_epochs
 from trainer.model import build_classifier
 from trainer.pipeline import make_eval_dataset, make_train_dataset
-from trainer.precision import configure_precision
+from trainer.precision import configure_precision, float32_context
+from trainer.preflight import enable_gpu_memory_growth
 from trainer.preprocessing import Preprocessor
 from trainer.schedule import Schedule, make_schedule
 
@@ -63,6 +64,7 @@ class RunResult:
     export_path: Path | None
     best_val_accuracy: float
     history: list[dict]
+    test_report: dict | None = None  # the held-out test set scored once through the exported graph
 
 
 def set_seeds(seed: int) -> None:
@@ -141,7 +143,6 @@ def choose_run(cfg: TrainConfig, settings: dict) -> tuple[str, bool]:
             raise RunError(f"run {cfg.run_name!r} was started with other settings: {diff}; pass the run's flags "
                            "to resume it, or a new --run-name")
         return cfg.run_name, True
-    new_name = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{cfg.encoder}"
     runs = [] if not cfg.resume else _runs(root)
     if runs and not runs[0][1].get("finished"):
         newest, meta = runs[0]
@@ -151,18 +152,51 @@ def choose_run(cfg: TrainConfig, settings: dict) -> tuple[str, bool]:
                            f"settings: {diff}. Rerun with the run's flags to resume it, or pass --new-run to "
                            "leave it and start a new run")
         return newest.name, True
-    return new_name, False
+    return new_run_folder(root, datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{cfg.encoder}"), False
+
+
+def new_run_folder(root: Path, stem: str) -> str:
+    """Creates and returns a run folder name that no other start has taken: `stem`, else `stem-2`, `stem-3`, ...
+
+    The folder is made with an exclusive mkdir, so two `--new-run` starts in the same second (the name has
+    seconds resolution) get two folders instead of writing into one.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        name = stem if n == 1 else f"{stem}-{n}"
+        try:
+            (root / name).mkdir()
+        except FileExistsError:
+            continue
+        return name
+    raise RunError(f"could not create a new run folder {stem}-N under {root}: 999 exist")
 
 
 def _choose_run_everywhere(cfg: TrainConfig, settings: dict, strategy, cluster) -> tuple[str, bool]:
-    """The chief decides; other workers receive its decision (or its refusal) through one all-reduce."""
+    """The chief decides; other workers receive its decision (or its refusal) through one all-reduce.
+
+    First every worker checks that all run the same settings on the same data (an all-reduce of their hashes):
+    a worker with another --seed, --max-*-docs or corpus would silently train on an inconsistent shard.
+    """
+    if cfg.run_name and len(cfg.run_name.encode()) > 200:  # refused everywhere, before any collective
+        raise RunError(f"--run-name is {len(cfg.run_name.encode())} bytes long; at most 200 are allowed")
+    if cluster.multi_worker:
+        agreed = {**settings, "run_name": cfg.run_name, "resume": cfg.resume, "deterministic": cfg.deterministic}
+        differing = distributed.disagreeing_settings(strategy, agreed)
+        if differing:
+            names = {"data_fingerprint": "the data (fingerprint)", "schedule": "the learning-rate schedule",
+                     "val_window_overlap": "--window-overlap (for validation)"}
+            named = [names.get(k, _flag(k)) for k in differing]
+            mine = ", ".join(f"{name} = {str(agreed[k])[:60]}" for name, k in zip(named, differing, strict=True))
+            raise RunError(f"{cluster.name}: the workers disagree on {', '.join(named)} (this worker: {mine}); "
+                           "every worker must run the same command on the same data")
     decision = None
     if cluster.is_chief:
         try:
             name, resumed = choose_run(cfg, settings)
-        except RunError as e:
+        except Exception as e:
             if cluster.multi_worker:  # the others are waiting in the broadcast: tell them why, then fail too
-                distributed.broadcast_string(strategy, "!" + str(e).encode()[:200].decode(errors="ignore"))
+                distributed.broadcast_string(strategy, distributed.outcome_text(e))
             raise
         decision = f"{int(resumed)}{name}"
     if cluster.multi_worker:
@@ -176,6 +210,7 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     """Runs (or resumes) training, then exports the best checkpoint as a new version (on the chief)."""
     started = time.perf_counter()
     cfg.validate()
+    enable_gpu_memory_growth()  # before anything initialises the GPUs (the strategy lists them)
     cluster = distributed.cluster_from_env()
     precision = configure_precision(cfg.mixed_precision)
     if cfg.deterministic:
@@ -205,7 +240,7 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     model, optimizer, state, steps = build_training(
         strategy, lambda: build_classifier(spec.encoder_handle, num_classes, seq_length=cfg.seq_length,
                                            pooling=cfg.pooling, dropout=cfg.dropout),
-        learning_rate=schedule.learning_rate(), loss_scaling=precision.loss_scaling)
+        learning_rate=schedule.learning_rate(), loss_scaling=precision.loss_scaling, seed=cfg.seed)
     checkpoints = Checkpoints(run_ckpt, state, folders if cluster.multi_worker else None)
     if checkpoints.restore_latest():
         log.info("resuming run %s after epoch %d (best val accuracy %.4f at epoch %d)", run_name,
@@ -221,12 +256,14 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         batch_size=cfg.batch_size)
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
-        make_train_ds=lambda epoch: make_train_dataset(corpus.train_texts, corpus.train_labels, preprocessor,
-                                                       batch_size=cfg.batch_size, seed=cfg.seed + epoch),
+        make_train_ds=lambda epoch, skip: make_train_dataset(corpus.train_texts, corpus.train_labels, preprocessor,
+                                                             batch_size=cfg.batch_size, seed=cfg.seed + epoch,
+                                                             skip_batches=skip, worker_slice=distributed.input_slice(
+                                                                 cluster, strategy, cfg.batch_size)),
         val_ds=val_ds, val_labels=corpus.val_labels, epochs=cfg.epochs, num_classes=num_classes,
         class_names=list(corpus.class_names),
         logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
-        show_progress=cluster.is_chief)
+        show_progress=cluster.is_chief, save_every_seconds=60 * cfg.save_every_minutes)
     best = float(state.best_val_accuracy.numpy())
     logger.hparams(cfg.hparams(), run_name, best, int(state.epoch.numpy()))
     logger.close()
@@ -235,19 +272,27 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         # Wait for the chief's export (a collective): a worker that exits first makes the chief's coordination
         # service report "tasks have crashed" although nothing did.
         log.info("%s finished training run %s; waiting for the chief to export it", cluster.name, run_name)
-        version = distributed.broadcast_string(strategy, None)
-        log.info("the chief exported run %s as version %s", run_name, version)
+        outcome = distributed.broadcast_string(strategy, None)
+        if outcome.startswith("!"):  # the chief failed after training and said why (see below)
+            raise RunError(f"the chief failed after training run {run_name}: {outcome[1:]}")
+        log.info("the chief exported run %s as version %s", run_name, outcome)
         return RunResult(run_name, run_ckpt, None, None, best, [])
-    published = published_version(Path(cfg.model_base_path), run_name)
-    if published is not None:
-        log.info("run %s was already published as version %d (interrupted before run.json said so)",
-                 run_name, published)
-        _mark_finished(run_ckpt, published, Path(cfg.model_base_path) / str(published))
-        result = RunResult(run_name, run_ckpt, published, Path(cfg.model_base_path) / str(published), best,
-                           checkpoints.read_history())
-    else:
-        result = export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
-                            train_seconds=time.perf_counter() - started, source=SOURCE_TRAIN)
+    try:
+        published = published_version(Path(cfg.model_base_path), run_name)
+        if published is not None:
+            log.info("run %s was already published as version %d (interrupted before run.json said so)",
+                     run_name, published)
+            _mark_finished(run_ckpt, published, Path(cfg.model_base_path) / str(published))
+            result = RunResult(run_name, run_ckpt, published, Path(cfg.model_base_path) / str(published), best,
+                               checkpoints.read_history())
+        else:
+            result = export_run(cfg, corpus, spec, run_name, preprocessor=preprocessor,
+                                train_seconds=time.perf_counter() - started, source=SOURCE_TRAIN)
+    except Exception as e:
+        # The workers wait in the broadcast below: always send them an outcome, or they block forever.
+        if cluster.multi_worker:
+            distributed.broadcast_string(strategy, distributed.outcome_text(e))
+        raise
     if cluster.multi_worker:
         distributed.broadcast_string(strategy, str(result.version))
     return result
@@ -289,8 +334,15 @@ def _mark_finished(run_ckpt: Path, version: int, path: Path) -> None:
     write_json_atomic(run_ckpt / "run.json", meta)
 
 
-def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *, preprocessor=None,
-               train_seconds: float | None = None, source: str = SOURCE_TRAIN) -> RunResult:
+def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, **kwargs) -> RunResult:
+    """``_export_run`` in a clean float32 context: a --mixed-precision run's policy and graph rewrites are
+    process-wide, and must not leak into the exported graph or its checks (trainer/precision.py)."""
+    with float32_context():
+        return _export_run(cfg, corpus, spec, run_name, **kwargs)
+
+
+def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *, preprocessor=None,
+                train_seconds: float | None = None, source: str = SOURCE_TRAIN) -> RunResult:
     """Restores the run's BEST checkpoint into a fresh model built from `cfg` and publishes the next version.
 
     The restore checks that every object of the model matched a value of the checkpoint, so a model built
@@ -318,17 +370,24 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
     module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
                            max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens)
     try:
-        diff = check_rebuild(module, model, preprocessor(tf.constant(list(corpus.val_texts[:8]))))
-    except ValueError as e:
+        report = check_export(module, model, list(corpus.val_texts))
+    except ExportCheckError as e:
         raise RunError(str(e)) from e
-    log.info("serving graph (%s%s) vs trained model on 8 validation docs: largest relative logit difference %.1e",
-             cfg.export_precision, ", rebuilt encoder" if module.encoder is not None else "", diff)
+    log.info("serving graph (%s%s) vs trained model: %s", cfg.export_precision,
+             ", rebuilt encoder" if module.encoder is not None else "", report.summary())
     history = Checkpoints(run_ckpt, state).read_history()
     card = build_model_card(cfg, corpus, spec, module, history=history, run_name=run_name,
                             best_epoch=int(state.best_epoch.numpy()),
                             best_val_accuracy=float(state.best_val_accuracy.numpy()),
                             train_seconds=train_seconds)
     card["source"] = source
+    try:
+        card["export_check"] = {**check_validation_accuracy(
+            cfg, corpus, module, model, trained_accuracy=float(state.best_val_accuracy.numpy()),
+            export_accuracy=card["export_val_accuracy"]), "bucket_logit_diffs": report.bucket_diffs,
+            "serve_probability_diff": report.serve_diff}
+    except ExportCheckError as e:
+        raise RunError(str(e)) from e
 
     def write_extras(tmp_dir: Path) -> None:
         from trainer.opcheck import check_saved_model_ops  # noqa: PLC0415
@@ -338,11 +397,16 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
         texts = [first_line(t).encode() for t in corpus.val_texts[:1]] + list(corpus.val_texts[:3])
         write_warmup_requests(str(tmp_dir), texts or [b"warm-up"], model_name=cfg.model_name)
         check_saved_model_ops(str(tmp_dir))
+        if corpus.test_texts:
+            card["test"] = score_test_set(tmp_dir, corpus, Path(cfg.logdir) / run_name)
         card["export_seconds"] = round(time.perf_counter() - started, 1)
         (tmp_dir / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
         faults.maybe_kill("export_before_rename")
 
-    version, path = export_saved_model(module, Path(cfg.model_base_path), write_extras=write_extras)
+    from trainer.gate import publish_guard  # noqa: PLC0415
+
+    version, path = export_saved_model(module, Path(cfg.model_base_path), write_extras=write_extras,
+                                       before_publish=publish_guard(cfg, corpus, run_name))
     faults.maybe_kill("export_after_rename")
     if source == SOURCE_TRAIN:
         _mark_finished(run_ckpt, version, path)
@@ -351,7 +415,27 @@ def export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, *
         meta["re_exports"] = [*meta.get("re_exports", []), version]
         write_json_atomic(run_ckpt / "run.json", meta)
     log.info("model card: %s", path / "model_card.json")
-    return RunResult(run_name, run_ckpt, version, path, float(state.best_val_accuracy.numpy()), history)
+    return RunResult(run_name, run_ckpt, version, path, float(state.best_val_accuracy.numpy()), history,
+                     card.get("test"))
+
+
+def score_test_set(version_dir: Path, corpus: data_lib.Corpus, run_logdir: Path) -> dict:
+    """Scores the held-out test set once, through the exported graph; logs it and writes it to TensorBoard."""
+    from trainer.evaluate import evaluate_saved_model, format_report  # noqa: PLC0415
+
+    names = list(corpus.class_names)
+    report = evaluate_saved_model(version_dir, corpus.test_texts, [names[i] for i in corpus.test_labels],
+                                  corpus.test_paths)
+    report.pop("model", None)  # the temporary export folder
+    log.info("%s", format_report(report, what="held-out test set, through the exported model"))
+    with tf.summary.create_file_writer(str(run_logdir / "test")).as_default():
+        tf.summary.scalar("test/accuracy", report["accuracy"], step=0)
+        tf.summary.scalar("test/macro_f1", report["macro_f1"], step=0)
+        rows = "\n".join(f"| {n} | {m['precision']} | {m['recall']} | {m['f1']} | {m['support']} |"
+                         for n, m in report["per_class"].items())
+        tf.summary.text("test/per_class", "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n"
+                        + rows, step=0)
+    return report
 
 
 def run_to_export(cfg: TrainConfig) -> tuple[str, dict]:
@@ -376,7 +460,8 @@ def run_to_export(cfg: TrainConfig) -> tuple[str, dict]:
 
 # Settings --export-only takes from today's command line; everything in MODEL_KEYS comes from the run.
 EXPORT_OVERRIDES = ("data_dir", "cache_dir", "checkpoint_dir", "logdir", "model_base_path", "model_name",
-                    "export_precision", "serve_windows", "window_overlap", "run_name", "export_only")
+                    "export_precision", "serve_windows", "window_overlap", "run_name", "export_only",
+                    "gate", "gate_min", "gate_tolerance", "gate_data", "load_check")
 
 
 def export_config(cli_cfg: TrainConfig, recorded: dict, explicit: frozenset[str], run_name: str) -> TrainConfig:
@@ -423,6 +508,19 @@ def export_only(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Run
 
 
 def load_data(cfg: TrainConfig) -> data_lib.Corpus:
+    """Class folders without test options: the seed notebook's split; anything else: `trainer.own_data`."""
+    from trainer import own_data  # noqa: PLC0415
+
+    if not own_data.is_plain_folder_corpus(cfg.data_dir, test_split=cfg.test_split, test_data=cfg.test_data,
+                                           validation_data=cfg.validation_data, encoding=cfg.encoding,
+                                           dedup=cfg.dedup):
+        data = cfg.data_dir or str(data_lib.resolve_data_dir(None, cfg.cache_dir))  # BBC, downloaded if need be
+        return own_data.load_own_corpus(
+            data, dedup=cfg.dedup, text_columns=cfg.text_columns, label_column=cfg.label_column,
+            label_names=cfg.label_names, encoding=cfg.encoding, validation_split=cfg.validation_split,
+            test_split=cfg.test_split, seed=cfg.split_seed, validation_data=cfg.validation_data,
+            test_data=cfg.test_data, min_examples=cfg.min_examples, max_train_docs=cfg.max_train_docs,
+            max_val_docs=cfg.max_val_docs)
     data_dir = data_lib.resolve_data_dir(cfg.data_dir, cfg.cache_dir)
     return data_lib.load_corpus(data_dir, validation_split=cfg.validation_split, seed=cfg.split_seed,
                                 max_train_docs=cfg.max_train_docs, max_val_docs=cfg.max_val_docs)

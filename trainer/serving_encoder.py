@@ -110,6 +110,14 @@ class ServingEncoder(tf.Module):
         normed = tf.nn.batch_normalization(x, mean, variance, params[1], params[0], self.config.layer_norm_eps)
         return tf.cast(normed, self.dtype)
 
+    def attention_mask(self, input_mask):
+        """int [B, S] (1 = token, 0 = padding) → additive [B, 1, 1, S] in the layers' dtype: 0 or MASK_NEGATIVE.
+
+        Its own method so the export's check can be shown to catch a dropped mask (tests/test_export.py).
+        """
+        return tf.cast((1.0 - tf.cast(input_mask, tf.float32))[:, tf.newaxis, tf.newaxis, :] * MASK_NEGATIVE,
+                       self.dtype)
+
     @staticmethod
     def _dense(x, params):
         return tf.nn.bias_add(tf.matmul(x, params[0]), params[1])
@@ -123,8 +131,7 @@ class ServingEncoder(tf.Module):
              + tf.gather(self.position_embeddings, tf.range(seq))[tf.newaxis]
              + tf.gather(self.type_embeddings, input_type_ids))
         x = self._norm(tf.reshape(x, [-1, cfg.hidden_size]), self.embedding_norm)  # [B*S, H] from here on
-        additive_mask = tf.cast((1.0 - tf.cast(input_mask, tf.float32))[:, tf.newaxis, tf.newaxis, :]
-                                * MASK_NEGATIVE, self.dtype)
+        additive_mask = self.attention_mask(input_mask)
         for layer in self.layers:
             qkv = tf.reshape(self._dense(x, layer["qkv"]), [batch, seq, 3, heads, size])
             qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, B, heads, S, size]
