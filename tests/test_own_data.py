@@ -97,7 +97,8 @@ def test_bad_data_is_one_line_before_training(extra, message, tmp_path, cache_di
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "models").exists()
+    base = tmp_path / "models" / "bertbc"  # the start-up check may create it empty; nothing is published
+    assert not base.exists() or not any(base.iterdir())
 
 
 def test_dedup_drops_validation_rows_that_copy_training_rows(tmp_path):

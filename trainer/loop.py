@@ -31,7 +31,7 @@ from trainer.windows import mean_over_windows
 
 log = logging.getLogger("bertbc.trainer")
 
-# The int32 [3] flags every worker feeds each step; summed over all replicas, a non-zero entry means some worker
+# The int32 [3] flags every worker feeds each step; averaged over all replicas, a non-zero entry means some worker
 # asked: save a step checkpoint (its save interval elapsed), or stop after saving (it got SIGINT / SIGTERM).
 SAVE, STOP_INT, STOP_TERM = 0, 1, 2
 NO_FLAGS = (0, 0, 0)
@@ -41,7 +41,7 @@ NO_FLAGS = (0, 0, 0)
 class Steps:
     """The compiled per-batch functions and the metric objects they update.
 
-    `train_step_flags(batch, flags int32 [3]) -> (loss, flags summed over all replicas)` is the loop's step: the
+    `train_step_flags(batch, flags int32 [3]) -> (loss, flags averaged over all replicas, float32)` is the loop's step: the
     sum lets all workers agree on when to save or stop at no extra collective. `train_step(batch) -> loss` is
     the same step without flags (benchmarks).
     """
@@ -99,7 +99,9 @@ def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool 
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         train_loss.update_state(per_example)
         train_accuracy.update_state(labels, logits)
-        return loss, flags
+        # MEAN, not SUM: every replica of a worker holds the same flags (SUM of mirrored values is refused);
+        # the mean is above 0 exactly when some worker raised the flag.
+        return loss, context.all_reduce(tf.distribute.ReduceOp.MEAN, tf.cast(flags, tf.float32))
 
     def val_replica(features, doc_ids):
         return doc_ids, tf.cast(model(features, training=False), tf.float32)
@@ -107,7 +109,7 @@ def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool 
     def train_step_flags(batch, flags):
         loss, flags = strategy.run(train_replica, args=(*batch, flags))
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None))
+                strategy.reduce(tf.distribute.ReduceOp.MEAN, flags, axis=None))
 
     def val_step(batch):
         """One batch of validation windows -> (doc_ids, logits) of all replicas (windows, not docs)."""
@@ -267,7 +269,7 @@ def run_epochs(
                     save_and_maybe_stop(epoch, done, [False, *(bool(f) for f in local_flags()[1:])])
                 tick = time.perf_counter()
                 loss, agreed = steps.train_step_flags(batch, tf.constant(local_flags(), tf.int32))
-                loss, agreed = float(loss), [int(v) > 0 for v in agreed.numpy()]
+                loss, agreed = float(loss), [float(v) > 0 for v in agreed.numpy()]
                 clock.record_step(time.perf_counter() - tick)
                 done += 1
                 if not math.isfinite(loss):
@@ -333,6 +335,9 @@ def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool, 
         optimizer = tf_keras.optimizers.Adam(learning_rate=learning_rate)
         if loss_scaling:
             optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+        # Adam's slots exist before any restore, so a checkpoint restores them at once: otherwise the restore is
+        # deferred to the first update, which fails if that checkpoint (a stale step save) was removed meanwhile.
+        optimizer.build(model.trainable_variables)
         steps = make_steps(strategy, model, optimizer, seed=seed, loss_scaling=loss_scaling)
         state = make_state(model, optimizer, steps.metrics())
     return model, optimizer, state, steps
