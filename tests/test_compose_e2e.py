@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "compose"
 BBC_DIR = ROOT.parent / "shared" / "data" / "bbc"
 FILES = ["-f", "docker-compose.yml", "-f", "compose.cpu.yml"]
+RELEASE_FILES = [*FILES, "-f", "compose.release.yml"]  # serving loads the labelled versions of /models/models.config
 PROFILES = ["--profile", "loadtest", "--profile", "loadtest-distributed", "--profile", "train-distributed",
             "--profile", "batch"]
 BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
@@ -98,9 +99,10 @@ def run(cmd: list[str], env: dict[str, str], timeout: float, check: bool = True,
     return result
 
 
-def compose(stack: Stack, *args: str, timeout: float = 300, check: bool = True, extra_env=None, what: str = ""):
+def compose(stack: Stack, *args: str, timeout: float = 300, check: bool = True, extra_env=None, what: str = "",
+            files: list[str] = FILES):
     env = {**stack.env, **(extra_env or {})}
-    return run(["docker", "compose", *FILES, *args], env, timeout, check, what or f"docker compose {' '.join(args)}")
+    return run(["docker", "compose", *files, *args], env, timeout, check, what or f"docker compose {' '.join(args)}")
 
 
 def _free_port() -> int:
@@ -450,6 +452,94 @@ def test_8_train_distributed_profile_publishes_exactly_one_version(stack):
         if "2 up -d --wait serving tensorboard" in stack.done:
             newest = str(max(after))
             assert _wait_for(lambda: _versions(stack).get(newest) == "AVAILABLE", timeout=180), _versions(stack)
+
+
+def _label_version(stack: Stack, label: str) -> str | None:
+    """The version a label names, from the label's metadata endpoint (its model_spec), or None."""
+    try:
+        return _http_json(f"{stack.rest_url}/v1/models/bertbc/labels/{label}/metadata", timeout=10)["model_spec"]["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _release(stack: Stack, *args: str) -> str:
+    """`python -m trainer publish|promote|rollback` in the trainer image, on the models volume."""
+    result = compose(stack, "run", "--rm", "-T", "--no-deps", "--entrypoint", "python3", "trainer", "-m", "trainer",
+                     *args, "--model-base-path", "/models/bertbc", timeout=420, files=RELEASE_FILES,
+                     what=f"python -m trainer {' '.join(args)}")
+    return (result.stdout + result.stderr).strip()
+
+
+def _locust(stack: Stack, label: str, reports: Path, run_time: str) -> subprocess.Popen:
+    reports.mkdir()
+    env = {**stack.env, "BERTBC_REPORTS_DIR": str(reports), "BERTBC_LOCUST_USERS": "2", "BERTBC_LOCUST_RUN_TIME": run_time,
+           "BERTBC_LOADTEST_VERSION_LABEL": label, "BERTBC_UID": str(os.getuid()), "BERTBC_GID": str(os.getgid())}
+    return subprocess.Popen(["docker", "compose", *RELEASE_FILES, "--profile", "loadtest", "run", "--rm", "-T",
+                             "loadtest"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop_locust(stack: Stack, locust: subprocess.Popen) -> str:
+    """SIGTERM to the Locust container: it quits the normal way (verdict, exit code, CSV written)."""
+    try:
+        for container in run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}",
+                              "--filter", "label=com.docker.compose.service=loadtest"], stack.env, 60).stdout.split():
+            run(["docker", "kill", "--signal", "TERM", container], stack.env, 60, check=False)
+        return locust.communicate(timeout=120)[0]
+    finally:
+        if locust.poll() is None:
+            locust.kill()
+
+
+def test_10_release_journey_gate_canary_under_load_promote_rollback(stack):
+    """docs/retrain.md's compose flow: stable label, retrain through the gate (not served), canary under load,
+    promote and rollback under load on /labels/stable, 0 failed requests throughout."""
+    stack.require("2 up -d --wait serving tensorboard", "6 retrain under load")
+    with _Step(stack, "10 release journey"):
+        # Version 2 is stable: single-worker runs here share seed and data, so the retrain below meets its score.
+        _release(stack, "publish", "--version", "2")
+        compose(stack, "up", "-d", "--wait", "serving", timeout=600, files=RELEASE_FILES,
+                extra_env={"BERTBC_CONFIG_POLL_SECONDS": "2"}, what="serving with compose.release.yml")
+        assert _wait_for(lambda: _label_version(stack, "stable") == "2", timeout=120), stack.note
+        assert set(_versions(stack)) == {"2"}, f"only the labelled version loads: {_versions(stack)} {stack.note}"
+
+        before = _model_versions_in_volume(stack)
+        compose(stack, "up", "trainer", timeout=900, files=RELEASE_FILES, extra_env={"BERTBC_RETRAIN": "1"},
+                what="BERTBC_RETRAIN=1 docker compose up trainer (gate against stable)")
+        candidate = max(_model_versions_in_volume(stack))
+        assert candidate == max(before) + 1, f"the retrain published no version {stack.note}"
+        card = json.loads(compose(stack, "run", "--rm", "-T", "--no-deps", "--entrypoint", "cat", "trainer",
+                                  f"/models/bertbc/{candidate}/model_card.json", timeout=120).stdout)
+        assert card["gate"]["passed"] is True and card["gate"]["served_version"] == 2, f"{card['gate']} {stack.note}"
+        time.sleep(6)  # three file-system polls: a new folder is not loaded while the config names versions
+        assert str(candidate) not in _versions(stack), f"an unpublished retrain is served: {_versions(stack)}"
+
+        said = _release(stack, "publish", "--canary", "--server", "http://serving:8501")
+        assert _label_version(stack, "canary") == str(candidate) and _label_version(stack, "stable") == "2", said
+
+        canary = _locust(stack, "canary", stack.workdir / "reports-canary", "10s")
+        output = canary.communicate(timeout=300)[0]
+        assert canary.returncode == 0 and "labels/canary:predict" in output, f"{stack.note}\n{output[-3000:]}"
+        assert int(_stats_total(stack.workdir / "reports-canary" / "compose-loadtest_stats.csv")["Failure Count"]) == 0
+
+        locust = _locust(stack, "stable", stack.workdir / "reports-stable", "900s")
+        try:
+            time.sleep(8)
+            assert locust.poll() is None, f"Locust ended early: {locust.communicate()[0][-2000:]}"
+            _release(stack, "promote", "--server", "http://serving:8501")
+            promoted = _label_version(stack, "stable")
+            time.sleep(5)
+            _release(stack, "rollback", "--server", "http://serving:8501")
+            rolled_back = _label_version(stack, "stable")
+            time.sleep(5)
+            running = locust.poll() is None
+        finally:
+            output = _stop_locust(stack, locust)
+        assert (promoted, rolled_back) == (str(candidate), "2"), f"stable was {promoted}, then {rolled_back}"
+        assert running and locust.returncode == 0, f"Locust on /labels/stable failed {stack.note}\n{output[-3000:]}"
+        total = _stats_total(stack.workdir / "reports-stable" / "compose-loadtest_stats.csv")
+        assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, (total, stack.note)
+        stack.log(f"step 10: stable 2, retrain -> {candidate} (gate passed, not served), canary {candidate}, promote, "
+                  f"rollback under load: {total['Request Count']} requests, {total['Failure Count']} failed")
 
 
 def test_9_down_volumes_leaves_nothing_behind(stack):

@@ -166,14 +166,12 @@ def test_promote_and_rollback_under_a_running_dev_server(tmp_path):
                         "--allow_version_labels_for_unavailable_models", "--file_system_poll_wait_seconds=0.2"],
                        str(tmp_path / "server.log"))
     try:
-        try:
-            server.wait_available("bertbc")
-        except (RuntimeError, AssertionError) as e:
-            pytest.skip(f"the dev server cannot serve a labelled config yet (serving/ label support): {e}")
+        server.wait_available("bertbc")
         url = f"{server.url}/v1/models/bertbc/labels/stable:predict"
         probe = requests.post(url, json={"instances": ["election"]}, timeout=10)
-        if probe.status_code != 200:
-            pytest.skip(f"the dev server has no label routing yet: {probe.status_code} {probe.text[:200]}")
+        assert probe.status_code == 200, f"label routing: {probe.status_code} {probe.text[:200]}"
+        spec = requests.get(f"{server.url}/v1/models/bertbc/labels/stable/metadata", timeout=10).json()["model_spec"]
+        assert spec["version"] == "1", spec  # what the compose journey reads to follow the labels
         answers, failures, stop = [], [], threading.Event()
 
         def client():

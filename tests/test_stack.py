@@ -37,6 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "fixtures" / "compose-spec.json"
 BASE = ROOT / "docker-compose.yml"
 CPU_OVERRIDE = ROOT / "compose.cpu.yml"
+RELEASE_OVERRIDE = ROOT / "compose.release.yml"
 HADOLINT = ROOT / ".venv" / "bin" / "hadolint"
 DOCKERFILES = (ROOT / "trainer" / "Dockerfile", ROOT / "tensorboard" / "Dockerfile")
 LOCUST_SERVICES = ("loadtest", "loadtest-master", "loadtest-worker")
@@ -138,7 +139,7 @@ def mount_at(service: dict, target: str) -> dict:
 # ---------------------------------------------------------------- schema
 
 
-@pytest.mark.parametrize("path", [BASE, CPU_OVERRIDE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [BASE, CPU_OVERRIDE, RELEASE_OVERRIDE], ids=lambda p: p.name)
 def test_compose_files_match_the_compose_spec_schema(path):
     schema = json.loads(SCHEMA.read_text())
     document = without_resets(load(path))
@@ -172,7 +173,7 @@ def _keys(node, prefix=()):
             yield from _keys(value, prefix)
 
 
-@pytest.mark.parametrize("path", [BASE, CPU_OVERRIDE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [BASE, CPU_OVERRIDE, RELEASE_OVERRIDE], ids=lambda p: p.name)
 def test_no_setting_that_engine_20_10_refuses(path):
     """`healthcheck.start_interval` needs Engine >= 25; Debian 12 ships 20.10 (`up` fails there)."""
     assert not [k for k in _keys(load(path)) if k[-1] == "start_interval"]
@@ -422,6 +423,37 @@ def test_serving_flags_point_at_mounted_config_files_and_are_documented(base):
             mount = mount_at(serving, value)
             assert mount["read_only"] and (ROOT / mount["source"]).is_file()
     assert int(flags["file_system_poll_wait_seconds"]) > 0
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    return dict(arg.lstrip("-").split("=", 1) if "=" in arg else (arg.lstrip("-"), "") for arg in command)
+
+
+def test_release_override_changes_only_where_serving_reads_its_config(base):
+    """compose.release.yml replaces the serving command as a whole (Compose merge rule for `command`): every other
+    flag must stay the base file's, the config must come from the trainer-written models volume, re-read, with
+    labels allowed at start-up; and the dev server (the serving stand-in) must accept the same command line."""
+    release = interpolate(merge(load(BASE), load(RELEASE_OVERRIDE)))["services"]["serving"]
+    flags, base_flags = _flags(release["command"]), _flags(base["services"]["serving"]["command"])
+    config_flags = {"model_config_file", "model_config_file_poll_wait_seconds",
+                    "allow_version_labels_for_unavailable_models"}
+    assert {k: v for k, v in flags.items() if k not in config_flags} == \
+        {k: v for k, v in base_flags.items() if k != "model_config_file"}
+    assert flags["model_config_file"] == "/models/models.config"
+    assert mount_at(release, "/models")["source"] == "models"
+    assert float(flags["model_config_file_poll_wait_seconds"]) > 0
+    assert flags["allow_version_labels_for_unavailable_models"] == "true"
+    from serving.cli import build_parser  # noqa: PLC0415
+
+    parsed = build_parser().parse_args([*release["command"], "--model_base_path=/models/bertbc"])
+    assert parsed.allow_version_labels_for_unavailable_models is True
+    assert parsed.model_config_file == "/models/models.config"
+
+
+def test_loadtest_can_target_a_version_label(base):
+    for name in ("loadtest", "loadtest-master", "loadtest-worker"):
+        environment = base["services"][name]["environment"]
+        assert "BERTBC_LOADTEST_VERSION_LABEL" in environment, name
 
 
 def test_serving_healthcheck_is_exec_form_bash(base):
