@@ -106,6 +106,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="drop validation and test rows that duplicate a training (or, for test, validation) row: "
                         "exact, whitespace/case-normalized or near copies (MinHash, up to 50,000 rows), so the "
                         "scores are not inflated by leakage (BBC has 28 such validation documents)")
+    g.add_argument("--class-weights", default=D.class_weights, choices=("none", "balanced"),
+                   help="'balanced' weights each training row's loss by n_rows / (n_classes x rows of its class), "
+                        "so rare classes count as much as frequent ones (sklearn's 'balanced'); the weights are "
+                        "logged and recorded in run.json and the model card (default %(default)s)")
     g.add_argument("--cache-dir", default=None,
                    help=f"where built encoders and the downloaded corpus are kept (default $BERTBC_CACHE_DIR or "
                         f"~/.cache/bertbc; now {default_cache_dir()})")

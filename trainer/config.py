@@ -35,6 +35,7 @@ class TrainConfig:
     test_split: float = 0.0  # stratified held-out test share, scored once through the exported graph
     min_examples: int = 2
     dedup: bool = False  # drop validation/test rows that duplicate an earlier split (exact, normalized, near)
+    class_weights: str = "none"  # "balanced": loss weighted by inverse training-class frequency (trainer/weights.py)
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     encoder: str = "minilm-l6"
     encoder_handle: str | None = None
@@ -108,7 +109,8 @@ class TrainConfig:
             raise ConfigError("--text-column must name a column")
         choices = {"pooling": ("cls", "mean"), "truncation": ("head", "head_tail"),
                    "strategy": ("auto", "default", "mirrored"), "mixed_precision": ("off", "bf16", "fp16"),
-                   "export_precision": ("fp32", "bf16"), "gate": ("on", "off"), "load_check": ("on", "off")}
+                   "export_precision": ("fp32", "bf16"), "gate": ("on", "off"), "load_check": ("on", "off"),
+                   "class_weights": ("none", "balanced")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -71,12 +72,14 @@ def replica_dropout_seed(seed: int, step, replica_id):
 
 
 def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool = False,
-               compiled: bool = True) -> Steps:
+               compiled: bool = True, class_weights: Sequence[float] | None = None) -> Steps:
     """Builds the train/val steps for `strategy`: one distributed batch in, global mean loss out.
 
     Must be called inside `strategy.scope()`. `seed` (the run's --seed) seeds dropout, per step and replica
-    (`replica_dropout_seed`). `compiled=False` runs them eagerly (benchmark only).
+    (`replica_dropout_seed`). `compiled=False` runs them eagerly (benchmark only). `class_weights` (one per
+    class, trainer/weights.py) scale each example's loss; the mean stays over examples, as Keras' `class_weight`.
     """
+    weights = None if class_weights is None else tf.constant(list(class_weights), tf.float32)
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
     train_loss = tf_keras.metrics.Mean("loss")
@@ -91,6 +94,8 @@ def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool 
         with tf.GradientTape() as tape, dropout_seed(step_seed):
             logits = tf.cast(model(features, training=True), tf.float32)
             per_example = loss_fn(labels, logits)
+            if weights is not None:
+                per_example = per_example * tf.gather(weights, labels)
             loss = tf.reduce_sum(per_example) / tf.maximum(global_batch, 1.0)
             scaled = optimizer.get_scaled_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -325,7 +330,8 @@ def run_epochs(
     return results
 
 
-def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool, seed: int = 0):
+def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool, seed: int = 0,
+                   class_weights: Sequence[float] | None = None):
     """Creates model, optimizer, checkpoint state and steps inside the strategy's scope; `seed` seeds dropout.
 
     `loss_scaling` (float16 only, see trainer/precision.py) wraps Adam in a dynamic LossScaleOptimizer.
@@ -338,6 +344,7 @@ def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool, 
         # Adam's slots exist before any restore, so a checkpoint restores them at once: otherwise the restore is
         # deferred to the first update, which fails if that checkpoint (a stale step save) was removed meanwhile.
         optimizer.build(model.trainable_variables)
-        steps = make_steps(strategy, model, optimizer, seed=seed, loss_scaling=loss_scaling)
+        steps = make_steps(strategy, model, optimizer, seed=seed, loss_scaling=loss_scaling,
+                           class_weights=class_weights)
         state = make_state(model, optimizer, steps.metrics())
     return model, optimizer, state, steps

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from trainer import summaries
+from trainer import summaries, weights
 
 
 def predict_module(module, texts, batch_size: int = 32) -> np.ndarray:
@@ -72,7 +72,8 @@ def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch
                  "train_docs": len(corpus.train_texts), "val_docs": len(corpus.val_texts),
                  "train_class_counts": corpus.class_counts("train"),
                  "val_class_counts": corpus.class_counts("val"),
-                 "invalid_utf8_docs": len(corpus.invalid_utf8_paths)},
+                 "invalid_utf8_docs": len(corpus.invalid_utf8_paths),
+                 "class_weights": weights.by_name(cfg, corpus)},
         "signature": {"serving_default": {"inputs": {"text": "DT_STRING [-1]"},
                                           "outputs": {"probabilities": f"DT_FLOAT [-1, {len(names)}]",
                                                       "class_id": "DT_INT64 [-1]", "label": "DT_STRING [-1]"}}},

@@ -28,7 +28,7 @@ import tensorflow as tf
 import tf_keras
 
 from trainer import data as data_lib
-from trainer import distributed, encoders, summaries
+from trainer import distributed, encoders, summaries, weights
 from trainer.checkpoints import Checkpoints, best_checkpoint_path, make_state, write_json_atomic
 from trainer.config import MODEL_KEYS, TrainConfig
 from trainer.export import (
@@ -84,6 +84,8 @@ def run_settings(cfg: TrainConfig, fingerprint: str, schedule: Schedule) -> dict
     # --window-overlap is export-time for serving, but validation over windows uses it too: it picks the checkpoint.
     settings["val_window_overlap"] = cfg.overlap_tokens if cfg.val_windows > 1 else None
     settings["data_fingerprint"] = fingerprint
+    if cfg.class_weights != "none":  # only when set, so runs from before the flag still resume
+        settings["class_weights"] = cfg.class_weights
     settings["schedule"] = dataclasses.asdict(schedule)
     return settings
 
@@ -240,7 +242,8 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     model, optimizer, state, steps = build_training(
         strategy, lambda: build_classifier(spec.encoder_handle, num_classes, seq_length=cfg.seq_length,
                                            pooling=cfg.pooling, dropout=cfg.dropout),
-        learning_rate=schedule.learning_rate(), loss_scaling=precision.loss_scaling, seed=cfg.seed)
+        learning_rate=schedule.learning_rate(), loss_scaling=precision.loss_scaling, seed=cfg.seed,
+        class_weights=weights.for_config(cfg, corpus))
     checkpoints = Checkpoints(run_ckpt, state, folders if cluster.multi_worker else None)
     if checkpoints.restore_latest():
         log.info("resuming run %s after epoch %d (best val accuracy %.4f at epoch %d)", run_name,
