@@ -28,7 +28,7 @@ def signature_inference_fn(model, batch: Sequence[str], inference_args: dict[str
 
     Returns:
       ``PredictionResult(text, {"label": bytes, "class_id": int, "probabilities": float32 [C]}, model_id)``
-      in the batch's order.
+      in the batch's order; a multi-label export adds ``"labels"``: its label set (bytes, "" padding dropped).
     """
     import tensorflow as tf  # noqa: PLC0415 (workers only)
 
@@ -36,9 +36,12 @@ def signature_inference_fn(model, batch: Sequence[str], inference_args: dict[str
     label = outputs["label"].numpy()
     class_id = outputs["class_id"].numpy()
     probabilities = np.asarray(outputs["probabilities"].numpy(), np.float32)
-    return [PredictionResult(text, {"label": label[i], "class_id": int(class_id[i]),
-                                    "probabilities": probabilities[i]}, model_id)
-            for i, text in enumerate(batch)]
+    results = [{"label": label[i], "class_id": int(class_id[i]), "probabilities": probabilities[i]}
+               for i in range(len(batch))]
+    if "labels" in outputs:
+        for result, names in zip(results, outputs["labels"].numpy(), strict=True):
+            result["labels"] = [n for n in names if n]
+    return [PredictionResult(text, result, model_id) for text, result in zip(batch, results, strict=True)]
 
 
 class SavedModelSignatureHandler(TFModelHandlerTensor):

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 SAVED_MODEL = "saved_model.pb"
 MODEL_CARD = "model_card.json"
 CLASS_NAMES_KEY = "class_names/.ATTRIBUTES/VARIABLE_VALUE"
+THRESHOLDS_KEY = "thresholds/.ATTRIBUTES/VARIABLE_VALUE"  # only a multi-label export has per-label thresholds
 
 
 class ModelError(ValueError):
@@ -31,11 +32,13 @@ class ModelRef:
       path: the version folder (``models/bertbc/3``).
       version: its number (3).
       class_names: label strings, index = ``class_id``; the probability columns are named after them.
+      multi_label: the export answers a label set per text (its ``labels`` output), written as ``labels``.
     """
 
     path: str
     version: int
     class_names: tuple[str, ...]
+    multi_label: bool = False
 
 
 def _version(name: str) -> int | None:
@@ -55,7 +58,7 @@ def resolve_model(path: str) -> ModelRef:
     path = path.rstrip("/") or "/"
     version = _version(posixpath.basename(path))
     if version is not None and _exists(FileSystems.join(path, SAVED_MODEL)):
-        return ModelRef(path, version, read_class_names(path))
+        return ModelRef(path, version, read_class_names(path), is_multi_label(path))
     if _exists(FileSystems.join(path, SAVED_MODEL)):
         raise ModelError(f"{path} holds a SavedModel but is not a numeric version folder; pass its base path "
                          "(models/bertbc) or a version folder (models/bertbc/3)")
@@ -73,7 +76,22 @@ def resolve_model(path: str) -> ModelRef:
         raise ModelError(f"{path}: no exported version (a numeric folder with {SAVED_MODEL}); "
                          "train one with `make train` or pass --model models/bertbc/N")
     newest = max(versions)
-    return ModelRef(versions[newest], newest, read_class_names(versions[newest]))
+    return ModelRef(versions[newest], newest, read_class_names(versions[newest]), is_multi_label(versions[newest]))
+
+
+def is_multi_label(version_path: str) -> bool:
+    """Whether the version is a multi-label export: its model card says so, else it holds thresholds."""
+    card = FileSystems.join(version_path, MODEL_CARD)
+    if _exists(card):
+        with FileSystems.open(card) as f:
+            return bool(json.loads(f.read().decode("utf-8")).get("multi_label", False))
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        reader = tf.train.load_checkpoint(FileSystems.join(version_path, "variables", "variables"))
+    except Exception:  # noqa: BLE001 (read_class_names reports an unreadable version)
+        return False
+    return reader.has_tensor(THRESHOLDS_KEY)
 
 
 def read_class_names(version_path: str) -> tuple[str, ...]:

@@ -188,7 +188,7 @@ def build(pipeline: beam.Pipeline, cfg: JobConfig, items: list[tuple[str, str | 
     prefix = FileSystems.join(cfg.output, PREDICTIONS)
     if cfg.output_format == "parquet":
         _ = records | "WritePredictions" >> beam.io.WriteToParquet(
-            prefix, parquet_schema(cfg.model.class_names), file_name_suffix=".parquet")
+            prefix, parquet_schema(cfg.model.class_names, cfg.model.multi_label), file_name_suffix=".parquet")
     else:
         _ = (records | "PredictionsJson" >> beam.Map(to_json)
              | "WritePredictions" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))

@@ -57,6 +57,8 @@ def test_csv_with_label_names_trains_exports_and_scores_its_test_set_once(csv_ru
     assert test["misclassified_count"] == 12 - round(test["accuracy"] * 12)
     assert "held-out test accuracy" in done.stdout.strip().splitlines()[-1]
     assert "data report" in done.stderr and "rows read 48" in done.stderr
+    lengths = next(line for line in done.stderr.splitlines() if "word-piece lengths of" in line)
+    assert f"word-piece lengths of {48 - 12 - card['data']['val_docs']} training texts" in lengths
 
 
 def test_the_exported_model_serves_the_datas_own_names(csv_run):
@@ -129,7 +131,7 @@ def test_several_labels_per_row_are_refused_in_one_line(tmp_path):
     path = tmp_path / "tags.jsonl"
     path.write_text("".join(json.dumps({"text": f"doc {i}", "label": ["a", "b"] if i == 3 else ["ab"[i % 2]]}) + "\n"
                             for i in range(12)))
-    with pytest.raises(DataError, match=r"tags.jsonl:4 has several labels .* single-label models only"):
+    with pytest.raises(DataError, match=r"tags.jsonl:4 has several labels .* pass --multi-label"):
         load_own_corpus(str(path))
 
 

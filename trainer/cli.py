@@ -89,6 +89,13 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-names", default=None, metavar="MAP",
                    help="value=name pairs, e.g. 1=World,2=Sports (or a file with one value=name per line): the "
                         "names the model serves, in this order; every label value in the data must be mapped")
+    g.add_argument("--multi-label", action="store_true",
+                   help="train a multi-label model: a row may carry several labels (a JSON/Parquet list, or a CSV "
+                        "cell split with --label-separator) or none; sigmoid head, binary cross-entropy, the best "
+                        "checkpoint chosen on validation micro-F1, per-label thresholds tuned on validation and "
+                        "served as the `labels` output (docs/own-data.md)")
+    g.add_argument("--label-separator", default=None, metavar="SEP",
+                   help="with --multi-label: split a text label cell on SEP, e.g. '|' for 'World|Sports'")
     g.add_argument("--encoding", default=D.encoding,
                    help="text encoding of CSV/TSV/JSONL files and class-folder documents (default %(default)s; "
                         "e.g. latin-1)")
@@ -326,20 +333,24 @@ def main(argv: list[str] | None = None) -> int:
     if result.version is None:
         print(f"run {result.run_name}: this worker finished training; the chief exports the version")
         return 0
-    print(f"run {result.run_name}: best val accuracy {result.best_val_accuracy:.4f}; exported version "
+    metric = "micro-F1" if cfg.multi_label else "accuracy"
+    print(f"run {result.run_name}: best val {metric} {result.best_val_accuracy:.4f}; exported version "
           f"{result.version} to {result.export_path}\n  checkpoints: {result.run_checkpoint_dir}\n"
           f"  TensorBoard: tensorboard --logdir {cfg.logdir}")
     if result.test_report:
-        print(f"run {result.run_name}: held-out test accuracy {result.test_report['accuracy']:.4f}, macro-F1 "
-              f"{result.test_report['macro_f1']:.4f} on {result.test_report['documents']} documents "
-              "(through the exported model; details in its model_card.json)")
+        test = result.test_report
+        headline = (f"micro-F1 {test['micro_f1']:.4f}, subset accuracy {test['subset_accuracy']:.4f}"
+                    if test.get("multi_label") else f"accuracy {test['accuracy']:.4f}")
+        print(f"run {result.run_name}: held-out test {headline}, macro-F1 {test['macro_f1']:.4f} on "
+              f"{test['documents']} documents (through the exported model; details in its model_card.json)")
     return 0
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m trainer evaluate",
                description="Score an exported version on any labelled file through its own serving graph: "
-                           "accuracy, macro-F1, per-class figures, confusion matrix, misclassified rows.")
+                           "accuracy, macro-F1, per-class figures, confusion matrix, misclassified rows (a "
+                           "multi-label model: micro-/macro-F1, subset accuracy, per-label figures).")
     p.add_argument("--model", required=True,
                    help="a version folder (models/bertbc/3) or a base path (models/bertbc: its newest version)")
     p.add_argument("--data", required=True, metavar="PATH",
@@ -350,6 +361,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default=D.label_column, help="label column (default %(default)s)")
     p.add_argument("--label-names", default=None, metavar="MAP",
                    help="value=name pairs (or a file) mapping the file's label values to the model's class names")
+    p.add_argument("--label-separator", default=None, metavar="SEP",
+                   help="split a text label cell on SEP (several labels per row; for a multi-label model), "
+                        "e.g. '|'; JSON/Parquet lists need nothing")
     p.add_argument("--encoding", default=D.encoding, help="text encoding of the file (default %(default)s)")
     p.add_argument("--out", default=None,
                    help="where the JSON report goes (default reports/evaluate-<model>-<version>.json)")
@@ -366,14 +380,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         mapping = parse_label_names(args.label_names) or {}
         for row in iter_rows(args.data, text_columns=tuple(args.text_columns or ("text",)),
-                             label_column=args.label_column, encoding=args.encoding):
+                             label_column=args.label_column, encoding=args.encoding,
+                             label_separator=args.label_separator):
             if isinstance(row, BadRow):
                 bad.append(row)
-            elif len(row.labels) != 1:
-                bad.append(BadRow(row.id, row.source, f"{len(row.labels)} labels; evaluate scores single-label rows"))
-            else:
+            else:  # a label set per row: a single-label model refuses rows with several (evaluate_saved_model)
                 texts.append(row.text.encode("utf-8"))
-                labels.append(mapping.get(row.labels[0], row.labels[0]))
+                labels.append(tuple(mapping.get(v, v) for v in row.labels))
                 ids.append(row.id)
     except CorpusError as e:
         log.error("%s", e)

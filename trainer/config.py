@@ -36,6 +36,8 @@ class TrainConfig:
     min_examples: int = 2
     dedup: bool = False  # drop validation/test rows that duplicate an earlier split (exact, normalized, near)
     class_weights: str = "none"  # "balanced": loss weighted by inverse training-class frequency (trainer/weights.py)
+    multi_label: bool = False  # several (or no) labels per row: sigmoid head, tuned thresholds (trainer/multilabel.py)
+    label_separator: str | None = None  # splits a CSV label cell into several labels, e.g. "|" (with --multi-label)
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     encoder: str = "minilm-l6"
     encoder_handle: str | None = None
@@ -128,6 +130,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1] (a share of the metric), got {value}")
+        if self.label_separator is not None and not self.multi_label:
+            raise ConfigError("--label-separator splits a cell into several labels: it needs --multi-label")
+        if self.label_separator == "":
+            raise ConfigError("--label-separator must not be empty")
+        if self.multi_label and self.class_weights != "none":
+            raise ConfigError("--class-weights balanced is for single-label models; a multi-label model weighs "
+                              "each label's yes/no on its own (not built with --multi-label)")
         if (self.encoder_handle is None) != (self.preprocess_handle is None):
             raise ConfigError("--encoder-handle and --preprocess-handle must be given together")
         return self

@@ -83,6 +83,8 @@ class Corpus:
     test_texts: tuple[bytes, ...] = ()
     test_labels: tuple[int, ...] = ()
     test_paths: tuple[str, ...] = ()
+    # --multi-label: each entry of *_labels is then a tuple of class ids (possibly empty), not one id.
+    multi_label: bool = False
 
     def class_counts(self, split: str) -> dict[str, int]:
         """Documents per class name in one split.
@@ -91,12 +93,13 @@ class Corpus:
           split: ``"train"``/``"training"`` or ``"val"``/``"validation"``.
 
         Returns:
-          ``{class_name: count}`` in ``class_names`` order, zeros included.
+          ``{class_name: count}`` in ``class_names`` order, zeros included (multi-label: rows with the label).
         """
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         labels = self.train_labels if _SPLITS[split] == "train" else self.val_labels
-        counts = collections.Counter(labels)
+        counts = collections.Counter(i for ids in labels for i in ids) if self.multi_label \
+            else collections.Counter(labels)
         return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
 
     def val_in_train(self) -> tuple[bool, ...]:

@@ -6,6 +6,9 @@ versions can be compared on a user's own gold set.
 
 The report: accuracy, macro-F1, per-class precision/recall/F1/support, the confusion matrix (rows true,
 columns predicted, in the model's class order) and the misclassified rows (id, true, predicted, confidence).
+A multi-label model (its signature has a `labels` output) is scored on its `labels` answer against each row's
+label set: micro-F1, macro-F1, subset accuracy, per-label precision/recall/F1/support and the rows whose set
+differs (`multi_label_report`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ MAX_ERRORS = 200
 class Predictions:
     labels: list[str]  # the `label` output per text
     probabilities: np.ndarray  # float32 [N, C], the `probabilities` output
+    label_sets: list[tuple[str, ...]] | None = None  # a multi-label model's `labels` output, padding dropped
 
 
 def predict(loaded, texts: Sequence[bytes], *, batch_size: int = 32) -> Predictions:
@@ -36,13 +40,44 @@ def predict(loaded, texts: Sequence[bytes], *, batch_size: int = 32) -> Predicti
 
     fn = loaded.signatures["serving_default"]
     (input_name,) = fn.structured_input_signature[1].keys()
-    labels, probs = [], []
+    multi = "labels" in fn.structured_outputs
+    labels, probs, sets = [], [], []
     for start in range(0, len(texts), batch_size):
         out = fn(**{input_name: tf.constant(list(texts[start:start + batch_size]), tf.string)})
         labels.extend(label.decode("utf-8") for label in out["label"].numpy())
         probs.append(out["probabilities"].numpy())
+        if multi:
+            sets.extend(tuple(n.decode("utf-8") for n in row if n) for row in out["labels"].numpy())
     width = probs[0].shape[-1] if probs else 0
-    return Predictions(labels, np.concatenate(probs) if probs else np.zeros((0, width), np.float32))
+    return Predictions(labels, np.concatenate(probs) if probs else np.zeros((0, width), np.float32),
+                       sets if multi else None)
+
+
+def multi_label_report(true: Sequence[Sequence[str]], predicted: Predictions, class_names: Sequence[str],
+                       ids: Sequence[str]) -> dict:
+    """The multi-label report of a model's `labels` answers against each row's true label set."""
+    from trainer.multilabel import label_metrics  # noqa: PLC0415
+
+    names = list(class_names)
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({name for row in true for name in row} - set(index))
+    if unknown:
+        raise ValueError(f"label(s) {unknown[:10]} are not among the model's labels {names[:20]}")
+    want = np.zeros((len(true), len(names)), bool)
+    got = np.zeros_like(want)
+    for row, (t, p) in enumerate(zip(true, predicted.label_sets, strict=True)):
+        want[row, [index[n] for n in t]] = True
+        got[row, [index[n] for n in p]] = True
+    report = label_metrics(want, got, names)
+    wrong = np.flatnonzero(np.any(want != got, axis=1))
+    report.update({
+        "multi_label": True,
+        "class_names": names,
+        "misclassified": [{"id": ids[i], "true": sorted(true[i]), "predicted": list(predicted.label_sets[i])}
+                          for i in wrong[:MAX_ERRORS]],
+        "misclassified_count": int(len(wrong)),
+    })
+    return report
 
 
 def classification_report(true: Sequence[str], predicted: Predictions, class_names: Sequence[str],
@@ -80,24 +115,39 @@ def classification_report(true: Sequence[str], predicted: Predictions, class_nam
     }
 
 
-def evaluate_saved_model(model_dir: str | Path, texts: Sequence[bytes], true: Sequence[str],
+def evaluate_saved_model(model_dir: str | Path, texts: Sequence[bytes], true: Sequence[str] | Sequence[tuple],
                          ids: Sequence[str]) -> dict:
-    """Loads `model_dir` (a version folder) and returns its report on `texts` with true class names `true`."""
+    """Loads `model_dir` (a version folder) and returns its report on `texts` with true class names `true` (one
+    name per text; a tuple of names per text for a multi-label model, which a single name also fills)."""
     from trainer.gate import class_names_of, load_serving_graph  # noqa: PLC0415
 
     loaded = load_serving_graph(model_dir)
     names = class_names_of(model_dir, loaded)
     if names is None:
         raise ValueError(f"{model_dir}: the model's class names are unknown (no class_names, no model card)")
-    report = classification_report(true, predict(loaded, texts), names, ids)
+    predictions = predict(loaded, texts)
+    if predictions.label_sets is not None:
+        sets = [(t,) if isinstance(t, str) else tuple(t) for t in true]
+        report = multi_label_report(sets, predictions, names, ids)
+    else:
+        several = next((i for i, t in enumerate(true) if not isinstance(t, str) and len(t) != 1), None)
+        if several is not None:
+            raise ValueError(f"row {ids[several]} has {len(true[several])} labels, but {model_dir} is a single-label "
+                             "model; score it on one label per row")
+        report = classification_report([t if isinstance(t, str) else t[0] for t in true], predictions, names, ids)
     report["model"] = str(model_dir)
     return report
 
 
 def format_report(report: dict, *, what: str) -> str:
     """A few lines for the log and the terminal: the headline, then the weakest classes."""
-    lines = [f"{what}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on "
-             f"{report['documents']} documents ({report['misclassified_count']} misclassified)"]
+    if report.get("multi_label"):
+        lines = [f"{what}: micro-F1 {report['micro_f1']:.4f}, macro-F1 {report['macro_f1']:.4f}, subset accuracy "
+                 f"{report['subset_accuracy']:.4f} on {report['documents']} documents ({report['misclassified_count']}"
+                 " with another label set)"]
+    else:
+        lines = [f"{what}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on "
+                 f"{report['documents']} documents ({report['misclassified_count']} misclassified)"]
     per_class = sorted(report["per_class"].items(), key=lambda kv: kv[1]["f1"])
     for name, m in per_class[:5]:
         if m["support"]:

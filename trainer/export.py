@@ -1,4 +1,5 @@
-"""Versioned, atomic SavedModel export: raw strings in, probabilities / class id / label out.
+"""Versioned, atomic SavedModel export: raw strings in, probabilities / class id / label out (and, for a
+multi-label model, `labels`: the names above their tuned thresholds).
 
 The exported module holds the same `Preprocessor` object the tf.data pipeline used, so serving tokenizes
 exactly like training did. A version appears under the base path only by `os.rename` of a fully written
@@ -53,10 +54,14 @@ class ServingModule(tf.Module):
         ops, same math); any other encoder (TF Hub) is served through the Keras model as trained, fp32 only.
       max_windows: 1 classifies the head of each text (as trained); more reads the whole text in up to this
         many windows overlapping by ``window_overlap`` word pieces and averages their logits.
+      thresholds: a multi-label model's per-label decision thresholds (``trainer.multilabel``); then
+        ``probabilities`` are per-label sigmoids and ``labels`` (string [B, C]) lists the names whose
+        probability reaches their threshold, most probable first, padded with "" (a text may get none);
+        ``label``/``class_id`` stay the most probable label. None: single-label (softmax).
     """
 
     def __init__(self, preprocessor, classifier, class_names: list[str], precision: str = "fp32",
-                 max_windows: int = 1, window_overlap: int = 0):
+                 max_windows: int = 1, window_overlap: int = 0, thresholds=None):
         super().__init__(name="bertbc")
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
@@ -80,6 +85,12 @@ class ServingModule(tf.Module):
             self.pooling = classifier.get_layer("mean_pooling") if "mean_pooling" in names else None
             self.head = classifier.get_layer(HEAD_NAME)
         self.class_names = tf.Variable(class_names, dtype=tf.string, trainable=False, name="class_names")
+        self.multi_label = thresholds is not None
+        if self.multi_label:
+            if len(thresholds) != len(class_names):
+                raise ValueError(f"{len(thresholds)} thresholds for {len(class_names)} classes")
+            self.thresholds = tf.Variable([float(t) for t in thresholds], dtype=tf.float32, trainable=False,
+                                          name="thresholds")
         spec = tf.TensorSpec([None, None], tf.int32)
         self.classify_features = tf.function(self._classify_features,
                                              input_signature=[spec, spec, spec])
@@ -110,10 +121,22 @@ class ServingModule(tf.Module):
         logits = self._classify_features(*(features[name] for name in INPUT_NAMES))
         if doc_index is not None:  # the whole article in windows, logits averaged per document (trainer/windows.py)
             logits = mean_over_windows(logits, doc_index, tf.shape(text)[0])
+        if self.multi_label:
+            return self._multi_label_answer(tf.sigmoid(logits))
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities, "class_id": class_id,
                 "label": tf.gather(self.class_names, class_id)}
+
+    def _multi_label_answer(self, probabilities):
+        above = probabilities >= self.thresholds
+        # Labels above their thresholds first (most probable first), then the rest, which become "".
+        order = tf.argsort(probabilities + 2.0 * tf.cast(above, tf.float32), axis=-1, direction="DESCENDING",
+                           stable=True)
+        labels = tf.where(tf.gather(above, order, batch_dims=1), tf.gather(self.class_names, order), "")
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {"probabilities": probabilities, "class_id": class_id,
+                "label": tf.gather(self.class_names, class_id), "labels": labels}
 
 
 def serving_features(preprocessor, text, *, max_windows: int, overlap: int, bucket: bool):

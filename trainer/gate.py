@@ -69,6 +69,7 @@ class EvalSet:
     texts: tuple[bytes, ...]
     labels: tuple[tuple[str, ...], ...]
     source: str
+    multi_label_data: bool = False  # a --multi-label corpus: micro-F1 even if every row has one label
 
     def __post_init__(self):
         if len(self.texts) != len(self.labels):
@@ -78,7 +79,7 @@ class EvalSet:
 
     @property
     def multi_label(self) -> bool:
-        return any(len(labels) != 1 for labels in self.labels)
+        return self.multi_label_data or any(len(labels) != 1 for labels in self.labels)
 
     @property
     def label_names(self) -> set[str]:
@@ -92,6 +93,8 @@ def eval_set_from_corpus(corpus) -> EvalSet:
     texts, labels, source = getattr(corpus, "test_texts", None), getattr(corpus, "test_labels", None), "test split"
     if not texts:
         texts, labels, source = corpus.val_texts, corpus.val_labels, "validation split"
+    if getattr(corpus, "multi_label", False):
+        return EvalSet(tuple(texts), tuple(tuple(names[i] for i in ids) for ids in labels), source, True)
     return EvalSet(tuple(texts), tuple((names[i],) for i in labels), source)
 
 
@@ -159,16 +162,21 @@ def load_serving_graph(model_dir: str | Path):
 
 
 def predict_label_sets(loaded, texts: Sequence[bytes], batch_size: int = 32) -> list[tuple[str, ...]]:
-    """Per text, the labels `serving_default` answers (its `label` output: one string per text)."""
+    """Per text, the labels `serving_default` answers: its `labels` output (a multi-label model: the names above
+    their thresholds, "" padding dropped), else its `label` output (one string per text)."""
     import tensorflow as tf  # noqa: PLC0415
 
     fn = loaded.signatures["serving_default"]
     (input_name,) = fn.structured_input_signature[1].keys()
+    multi = "labels" in fn.structured_outputs
     out: list[tuple[str, ...]] = []
     for start in range(0, len(texts), batch_size):
         batch = tf.constant(list(texts[start:start + batch_size]), tf.string)
-        labels = fn(**{input_name: batch})["label"].numpy()
-        out.extend((label.decode("utf-8"),) for label in labels)
+        answer = fn(**{input_name: batch})
+        if multi:
+            out.extend(tuple(n.decode("utf-8") for n in row if n) for row in answer["labels"].numpy())
+        else:
+            out.extend((label.decode("utf-8"),) for label in answer["label"].numpy())
     return out
 
 

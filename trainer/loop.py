@@ -27,6 +27,7 @@ from trainer.checkpoints import Checkpoints, make_state
 from trainer.eta import RunClock, format_duration
 from trainer.interrupts import Interrupted, StopSignals
 from trainer.model import HEAD_NAME, dropout_seed
+from trainer.multilabel import NEUTRAL_THRESHOLD, label_metrics, multi_hot
 from trainer.schedule import Schedule
 from trainer.windows import mean_over_windows
 
@@ -50,7 +51,7 @@ class Steps:
     train_step_flags: tf.types.experimental.GenericFunction
     val_step: tf.types.experimental.GenericFunction
     train_loss: tf_keras.metrics.Mean
-    train_accuracy: tf_keras.metrics.SparseCategoricalAccuracy
+    train_accuracy: tf_keras.metrics.MeanMetricWrapper  # multi-label: subset accuracy at the neutral threshold
 
     def train_step(self, batch):
         return self.train_step_flags(batch, tf.constant(NO_FLAGS, tf.int32))[0]
@@ -71,19 +72,31 @@ def replica_dropout_seed(seed: int, step, replica_id):
     return tf.random.experimental.stateless_fold_in(step_seed, tf.cast(replica_id, tf.int64))
 
 
+def subset_accuracy(targets, logits):
+    """Per row, 1.0 when every label's decision at the neutral threshold (logit 0) matches the multi-hot target."""
+    return tf.cast(tf.reduce_all(tf.equal(targets > 0.5, logits >= 0.0), axis=-1), tf.float32)
+
+
 def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool = False,
-               compiled: bool = True, class_weights: Sequence[float] | None = None) -> Steps:
+               compiled: bool = True, class_weights: Sequence[float] | None = None,
+               multi_label: bool = False) -> Steps:
     """Builds the train/val steps for `strategy`: one distributed batch in, global mean loss out.
 
     Must be called inside `strategy.scope()`. `seed` (the run's --seed) seeds dropout, per step and replica
     (`replica_dropout_seed`). `compiled=False` runs them eagerly (benchmark only). `class_weights` (one per
     class, trainer/weights.py) scale each example's loss; the mean stays over examples, as Keras' `class_weight`.
+    `multi_label` takes multi-hot float targets [B, C]: binary cross-entropy (mean over labels, per example) and
+    subset accuracy instead of sparse categorical cross-entropy and accuracy.
     """
     weights = None if class_weights is None else tf.constant(list(class_weights), tf.float32)
-    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
+    if multi_label:
+        loss_fn = tf_keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
+        train_accuracy = tf_keras.metrics.MeanMetricWrapper(subset_accuracy, name="accuracy")
+    else:
+        loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
+        train_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("accuracy")
     train_loss = tf_keras.metrics.Mean("loss")
-    train_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("accuracy")
 
     def train_replica(features, labels, flags):
         context = tf.distribute.get_replica_context()
@@ -127,15 +140,23 @@ def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool 
 
 @dataclasses.dataclass
 class Evaluation:
-    """Validation over documents: loss and accuracy of the window-averaged logits, as the export serves them."""
+    """Validation over documents: loss and accuracy of the window-averaged logits, as the export serves them.
+
+    `score` picks the best checkpoint: the accuracy, or for multi-label the micro-F1 at the neutral threshold
+    (`accuracy` is then the subset accuracy, `confusion` None and `labels` the per-label figures).
+    """
 
     loss: float
     accuracy: float
-    confusion: np.ndarray  # int64 [C, C], rows true, columns predicted
+    confusion: np.ndarray | None  # int64 [C, C], rows true, columns predicted
     doc_logits: np.ndarray  # float32 [N, C], each document's logits averaged over its windows
+    score: float = 0.0
+    macro_f1: float = 0.0
+    labels: dict | None = None  # multi-label: trainer.multilabel.label_metrics
 
 
-def evaluate(steps: Steps, dist_val, labels, num_classes: int, should_stop=None) -> Evaluation | None:
+def evaluate(steps: Steps, dist_val, labels, num_classes: int, should_stop=None, *,
+             class_names: Sequence[str] | None = None, multi_label: bool = False) -> Evaluation | None:
     """Classifies every validation window, then averages each document's logits over its windows (the serving
     graph's rule, `trainer.windows.mean_over_windows`), so the accuracy that picks the best checkpoint is the
     exported model's. `labels`: the validation documents' class ids, in `make_eval_dataset`'s order.
@@ -154,12 +175,21 @@ def evaluate(steps: Steps, dist_val, labels, num_classes: int, should_stop=None)
         raise RuntimeError(f"validation saw {int(tf.reduce_sum(tf.cast(seen > 0, tf.int32)))} of {num_docs} "
                            "documents: the validation dataset lost windows")
     doc_logits = mean_over_windows(logits, ids, num_docs)
+    if multi_label:
+        targets = multi_hot(labels, num_classes)
+        loss = tf_keras.losses.binary_crossentropy(targets, doc_logits, from_logits=True)
+        decided = tf.sigmoid(doc_logits).numpy() >= NEUTRAL_THRESHOLD
+        names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        metrics = label_metrics(targets > 0.5, decided, names)
+        return Evaluation(float(tf.reduce_mean(loss)), metrics["subset_accuracy"], None, doc_logits.numpy(),
+                          score=metrics["micro_f1"], macro_f1=metrics["macro_f1"], labels=metrics)
     doc_labels = tf.constant(list(labels), tf.int32)
     loss = tf_keras.losses.sparse_categorical_crossentropy(doc_labels, doc_logits, from_logits=True)
     predictions = tf.argmax(doc_logits, axis=-1, output_type=tf.int32)
     confusion = tf.math.confusion_matrix(doc_labels, predictions, num_classes=num_classes, dtype=tf.int64).numpy()
-    return Evaluation(float(tf.reduce_mean(loss)), float(np.trace(confusion) / num_docs), confusion,
-                      doc_logits.numpy())
+    accuracy = float(np.trace(confusion) / num_docs)
+    return Evaluation(float(tf.reduce_mean(loss)), accuracy, confusion, doc_logits.numpy(), score=accuracy,
+                      macro_f1=summaries.macro_f1(confusion))
 
 
 def head_adam_moments(optimizer, model) -> dict[str, tuple[tf.Variable, tf.Variable]]:
@@ -191,7 +221,8 @@ class EpochResult:
     val_macro_f1: float
     improved: bool
     seconds: float
-    confusion: list[list[int]]
+    confusion: list[list[int]]  # empty for multi-label
+    val_micro_f1: float | None = None  # multi-label: what picked the best checkpoint
 
 
 def run_epochs(
@@ -212,6 +243,7 @@ def run_epochs(
     steps_per_summary: int,
     show_progress: bool = True,
     save_every_seconds: float = 600.0,
+    multi_label: bool = False,
 ) -> list[EpochResult]:
     """Trains from the checkpoint's position to `epochs`, committing history, latest/ and best/ after each epoch
     and saving step checkpoints in between (every `save_every_seconds`, 0 = never; and on SIGINT/SIGTERM).
@@ -219,7 +251,8 @@ def run_epochs(
     Args:
       make_train_ds: (epoch index, batches to skip) -> tf.data.Dataset (a per-epoch seed keeps resumed runs
         identical to uninterrupted ones).
-      val_ds: validation windows (`pipeline.make_eval_dataset`); val_labels: its documents' class ids.
+      val_ds: validation windows (`pipeline.make_eval_dataset`); val_labels: its documents' class ids (for
+        `multi_label`, a tuple of class ids per document; the best checkpoint is then chosen on micro-F1).
       schedule: the run's stored learning-rate schedule (for logging the rate each step actually used).
       show_progress: the tqdm bar (only the chief of a multi-worker job shows one).
 
@@ -295,7 +328,8 @@ def run_epochs(
             skip = 0
             val_started = time.perf_counter()
             stop_requested = None if multi_worker else (lambda: signals.signum is not None)
-            evaluation = evaluate(steps, dist_val, val_labels, num_classes, should_stop=stop_requested)
+            evaluation = evaluate(steps, dist_val, val_labels, num_classes, should_stop=stop_requested,
+                                  class_names=class_names, multi_label=multi_label)
             if evaluation is None:  # a signal during validation: keep the trained epoch as a step save, stop
                 save_and_maybe_stop(epoch, done, [False, *(bool(f) for f in local_flags()[1:])])
             clock.record_validation(time.perf_counter() - val_started)
@@ -306,22 +340,32 @@ def run_epochs(
                 logger.adam_moments(epoch, head_adam_moments(optimizer, model))
             except KeyError:  # resumed after the epoch's last step: Adam builds its slots at its first update
                 log.info("no Adam moment histograms for epoch %d: no update ran in this process yet", epoch)
-            logger.confusion(epoch, confusion, class_names)
+            if confusion is not None:
+                logger.confusion(epoch, confusion, class_names)
+            else:
+                logger.label_metrics(epoch, evaluation.labels)
             seconds = time.perf_counter() - started
+            micro_f1 = evaluation.score if multi_label else None
 
-            def entry(improved, epoch=epoch, train=train, val=val, confusion=confusion, seconds=seconds):
-                return dataclasses.asdict(EpochResult(epoch, train["loss"], train["accuracy"], val["loss"],
-                                                      val["accuracy"], summaries.macro_f1(confusion), improved,
-                                                      seconds, confusion.tolist()))
+            def entry(improved, epoch=epoch, train=train, val=val, evaluation=evaluation, seconds=seconds,
+                      micro_f1=micro_f1):
+                matrix = [] if evaluation.confusion is None else evaluation.confusion.tolist()
+                result = dataclasses.asdict(EpochResult(epoch, train["loss"], train["accuracy"], val["loss"],
+                                                        val["accuracy"], evaluation.macro_f1, improved,
+                                                        seconds, matrix, micro_f1))
+                if micro_f1 is None:  # single-label history keeps its keys
+                    del result["val_micro_f1"]
+                return result
 
-            improved = checkpoints.end_epoch(val["accuracy"], history, entry)
+            improved = checkpoints.end_epoch(evaluation.score, history, entry)
             last_save = time.monotonic()
             results.append(EpochResult(**history[-1]))
             best = float(checkpoints.state.best_val_accuracy.numpy())
             verdict = "new best, saved best checkpoint" if improved else f"did not improve on best {best:.4f}"
-            log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 %.4f | %s (%.0f s); "
+            log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s macro-F1 %.4f | %s (%.0f s); "
                      "about %s left in the run", epoch, epochs, train["loss"], train["accuracy"], val["loss"],
-                     val["accuracy"], summaries.macro_f1(confusion), verdict, seconds,
+                     val["accuracy"], "" if micro_f1 is None else f" (subset) micro-F1 {micro_f1:.4f}",
+                     evaluation.macro_f1, verdict, seconds,
                      format_duration(clock.remaining(epoch=epoch + 1, steps_done=0) if epoch < epochs
                                      else clock.export_seconds))
         if signals.signum is not None and not multi_worker:  # came during the last commit: all is saved
@@ -331,7 +375,7 @@ def run_epochs(
 
 
 def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool, seed: int = 0,
-                   class_weights: Sequence[float] | None = None):
+                   class_weights: Sequence[float] | None = None, multi_label: bool = False):
     """Creates model, optimizer, checkpoint state and steps inside the strategy's scope; `seed` seeds dropout.
 
     `loss_scaling` (float16 only, see trainer/precision.py) wraps Adam in a dynamic LossScaleOptimizer.
@@ -345,6 +389,6 @@ def build_training(strategy, build_model, *, learning_rate, loss_scaling: bool, 
         # deferred to the first update, which fails if that checkpoint (a stale step save) was removed meanwhile.
         optimizer.build(model.trainable_variables)
         steps = make_steps(strategy, model, optimizer, seed=seed, loss_scaling=loss_scaling,
-                           class_weights=class_weights)
+                           class_weights=class_weights, multi_label=multi_label)
         state = make_state(model, optimizer, steps.metrics())
     return model, optimizer, state, steps

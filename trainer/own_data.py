@@ -7,6 +7,8 @@ or a stratified one when a test share is asked for), is checked by `corpus.label
 errors naming the file, row and value), and reported (rows dropped and why, class counts, imbalance,
 duplicates across splits) before any TensorFlow work starts.
 
+With `multi_label`, a row may carry several labels or none; its labels become a tuple of class ids.
+
 The splits are held in memory as bytes, like the BBC corpus (fine to ~10^5 rows); training straight from the
 stream is the next step of issue 19 (point 8).
 """
@@ -40,13 +42,14 @@ def split_paths(data: str) -> str | list[str]:
 
 
 def is_plain_folder_corpus(data: str | None, *, test_split: float, test_data: str | None,
-                           validation_data: str | None, encoding: str, dedup: bool = False) -> bool:
+                           validation_data: str | None, encoding: str, dedup: bool = False,
+                           multi_label: bool = False) -> bool:
     """Whether `data` takes today's class-folder path (the seed notebook's split, exactly).
 
     A missing path or a folder with neither class folders nor data files goes there too, for its messages
     about the expected layout.
     """
-    if test_split or test_data is not None or validation_data is not None or dedup:
+    if test_split or test_data is not None or validation_data is not None or dedup or multi_label:
         return False
     if data is None:
         return True
@@ -80,6 +83,8 @@ def load_own_corpus(
     dedup: bool = False,
     max_train_docs: int | None = None,
     max_val_docs: int | None = None,
+    multi_label: bool = False,
+    label_separator: str | None = None,
 ) -> Corpus:
     """Reads, splits, checks and reports a labelled corpus; returns the trainer's `Corpus` with a test split.
 
@@ -87,7 +92,8 @@ def load_own_corpus(
       DataError: every data problem, in one line (the `CorpusError` of the corpus package, re-raised).
     """
     paths = split_paths(data)
-    read = {"text_columns": tuple(text_columns), "label_column": label_column, "encoding": encoding}
+    read = {"text_columns": tuple(text_columns), "label_column": label_column, "encoding": encoding,
+            "label_separator": label_separator}
     try:
         pairs = list(iter_split(paths, SplitSpec(validation_split, test_split, seed),
                                 validation_data=validation_data, test_data=test_data, **read))
@@ -98,14 +104,10 @@ def load_own_corpus(
         rows["train"] = rows["train"][:max_train_docs]
         rows["validation"] = rows["validation"][:max_val_docs]
         tally = count_labels(rows["train"])
-        if tally.multi_rows:
-            raise CorpusError(f"{data}: row {tally.first_multi} has several labels ({tally.multi_rows} such rows); "
-                              "this trainer trains single-label models only (multi-label training is not built "
-                              "yet): give each row one label")
         labels = build_label_set(tally, label_names=label_names, min_examples=min_examples, where=str(data),
-                                 column=label_column)
+                                 column=label_column, multi_label=multi_label)
         for split in ("validation", "test"):
-            _check_known(rows[split], labels, split)
+            _check_known(rows[split], labels, split, multi_label)
         if not rows["validation"]:
             raise CorpusError(f"{data}: the validation split is empty; give more rows, a larger "
                               "--validation-split or --validation-data")
@@ -127,12 +129,16 @@ def load_own_corpus(
         return tuple(r.text.encode("utf-8") for r in rows[split])
 
     def ids(split):
+        if multi_label:
+            return tuple(tuple(labels.encode(r.labels)) for r in rows[split])
         return tuple(labels.index(r.labels[0]) for r in rows[split])
 
     digest = hashlib.sha256()
     for split in ("train", "validation", "test"):
         for r in rows[split]:
-            digest.update(f"{split}\t{r.id}\t{r.labels[0]}\t".encode())
+            # Single-label rows hash as before (fingerprints of existing runs stay valid).
+            label = "|".join(sorted(r.labels)) if multi_label else r.labels[0]
+            digest.update(f"{split}\t{r.id}\t{label}\t".encode())
             digest.update(hashlib.sha256(r.text.encode("utf-8")).digest())
     corpus = Corpus(
         class_names=labels.names,
@@ -141,23 +147,25 @@ def load_own_corpus(
         val_paths=tuple(r.id for r in rows["validation"]),
         invalid_utf8_paths=(), fingerprint=digest.hexdigest(),
         test_texts=texts("test"), test_labels=ids("test"), test_paths=tuple(r.id for r in rows["test"]),
+        multi_label=multi_label,
     )
     log.info("corpus %s: %d classes, %d train / %d validation / %d test rows (%d dropped)", data,
              len(labels.names), len(rows["train"]), len(rows["validation"]), len(rows["test"]), len(dropped))
     return corpus
 
 
-def _check_known(rows: list[Row], labels, split: str) -> None:
+def _check_known(rows: list[Row], labels, split: str, multi_label: bool = False) -> None:
     for row in rows:
-        if len(row.labels) != 1:
+        if len(row.labels) != 1 and not multi_label:
             raise CorpusError(f"{row.id}: {len(row.labels)} labels in the {split} split; single-label training "
-                              "needs exactly one per row")
-        try:
-            labels.index(row.labels[0])
-        except KeyError:
-            raise CorpusError(f"{row.id}: label {row.labels[0]!r} of the {split} split is not among the training "
-                              f"labels ({', '.join(labels.values[:10])}); add training rows for it or drop the row"
-                              ) from None
+                              "needs exactly one per row (or pass --multi-label)")
+        for value in row.labels:
+            try:
+                labels.index(value)
+            except KeyError:
+                raise CorpusError(f"{row.id}: label {value!r} of the {split} split is not among the training "
+                                  f"labels ({', '.join(labels.values[:10])}); add training rows for it or drop the "
+                                  "row") from None
 
 
 def _log_drops(dropped: list[BadRow]) -> None:

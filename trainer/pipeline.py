@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -27,7 +28,8 @@ def make_train_dataset(
 
     Args:
       texts: raw document bytes (invalid UTF-8 allowed: the preprocessing repairs it in-graph).
-      labels: class ids, same length as `texts`.
+      labels: class ids, same length as `texts`; or, for a multi-label model, multi-hot float32 [N, C]
+        (`trainer.multilabel.multi_hot`).
       preprocess: strings [B] -> dict of int32 [B, S] (the shared `trainer.preprocessing.Preprocessor`).
       batch_size: global batch size (split across replicas by tf.distribute).
       seed: shuffle seed; the order differs per epoch but is reproducible per run.
@@ -39,9 +41,13 @@ def make_train_dataset(
         so only those are tokenized here (`trainer.distributed.input_slice`); None tokenizes every row.
 
     Returns:
-      A dataset of `(features: dict[str, int32 [B, S]], labels: int32 [B])`.
+      A dataset of `(features: dict[str, int32 [B, S]], labels: int32 [B] or float32 [B, C])`.
     """
-    ds = tf.data.Dataset.from_tensor_slices((list(texts), tf.constant(list(labels), tf.int32))).cache()
+    if isinstance(labels, np.ndarray) and labels.ndim == 2:
+        targets = tf.constant(labels, tf.float32)
+    else:
+        targets = tf.constant(list(labels), tf.int32)
+    ds = tf.data.Dataset.from_tensor_slices((list(texts), targets)).cache()
     ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
     if skip_batches:

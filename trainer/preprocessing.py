@@ -200,3 +200,17 @@ def token_lengths(preprocess_handle: str, texts, batch_size: int = 64) -> np.nda
     out = [count(tf.constant(texts[i:i + batch_size], tf.string)).numpy()
            for i in range(0, len(texts), batch_size)]
     return np.concatenate(out).astype(np.int64) if out else np.zeros([0], np.int64)
+
+
+def length_summary(preprocess_handle: str, texts, seq_length: int, sample: int = 5000) -> dict:
+    """Word-piece length percentiles of (an evenly spaced sample of at most `sample` of) `texts`, and the share
+    longer than fits in one `seq_length` window ([CLS] and [SEP] included): what training truncates."""
+    texts = list(texts)
+    step = max(1, -(-len(texts) // sample))
+    lengths = token_lengths(preprocess_handle, texts[::step])
+    if lengths.size == 0:
+        return {"docs": 0}
+    p = np.percentile(lengths, [50, 90, 99])
+    return {"docs": int(lengths.size), "p50": int(p[0]), "p90": int(p[1]), "p99": int(p[2]),
+            "max": int(lengths.max()), "share_truncated": round(float(np.mean(lengths > seq_length - 2)), 4)}
+

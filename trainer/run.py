@@ -40,10 +40,11 @@ from trainer.export import (
 from trainer.export_check import ExportCheckError, check_export, check_validation_accuracy
 from trainer.loop import build_training, run_epochs
 from trainer.model import build_classifier
+from trainer.multilabel import NEUTRAL_THRESHOLD, multi_hot, tune_thresholds
 from trainer.pipeline import make_eval_dataset, make_train_dataset
 from trainer.precision import configure_precision, float32_context
 from trainer.preflight import enable_gpu_memory_growth
-from trainer.preprocessing import Preprocessor
+from trainer.preprocessing import Preprocessor, length_summary
 from trainer.schedule import Schedule, make_schedule
 
 log = logging.getLogger("bertbc.trainer")
@@ -86,6 +87,8 @@ def run_settings(cfg: TrainConfig, fingerprint: str, schedule: Schedule) -> dict
     settings["data_fingerprint"] = fingerprint
     if cfg.class_weights != "none":  # only when set, so runs from before the flag still resume
         settings["class_weights"] = cfg.class_weights
+    if cfg.multi_label:  # likewise
+        settings["multi_label"] = True
     settings["schedule"] = dataclasses.asdict(schedule)
     return settings
 
@@ -238,12 +241,14 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
             "workers": cluster.num_workers})
     set_seeds(cfg.seed)
     preprocessor = Preprocessor(spec.preprocess_handle, seq_length=cfg.seq_length, truncation=cfg.truncation)
+    if cluster.is_chief and not resumed:
+        _log_lengths(spec, corpus, cfg)
     num_classes = len(corpus.class_names)
     model, optimizer, state, steps = build_training(
         strategy, lambda: build_classifier(spec.encoder_handle, num_classes, seq_length=cfg.seq_length,
                                            pooling=cfg.pooling, dropout=cfg.dropout),
         learning_rate=schedule.learning_rate(), loss_scaling=precision.loss_scaling, seed=cfg.seed,
-        class_weights=weights.for_config(cfg, corpus))
+        class_weights=weights.for_config(cfg, corpus), multi_label=corpus.multi_label)
     checkpoints = Checkpoints(run_ckpt, state, folders if cluster.multi_worker else None)
     if checkpoints.restore_latest():
         log.info("resuming run %s after epoch %d (best val accuracy %.4f at epoch %d)", run_name,
@@ -257,16 +262,18 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         corpus.val_texts,
         lambda t: preprocessor.windowed(t, max_windows=cfg.val_windows, overlap=cfg.overlap_tokens, bucket=False),
         batch_size=cfg.batch_size)
+    train_targets = multi_hot(corpus.train_labels, num_classes) if corpus.multi_label else corpus.train_labels
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
-        make_train_ds=lambda epoch, skip: make_train_dataset(corpus.train_texts, corpus.train_labels, preprocessor,
+        make_train_ds=lambda epoch, skip: make_train_dataset(corpus.train_texts, train_targets, preprocessor,
                                                              batch_size=cfg.batch_size, seed=cfg.seed + epoch,
                                                              skip_batches=skip, worker_slice=distributed.input_slice(
                                                                  cluster, strategy, cfg.batch_size)),
         val_ds=val_ds, val_labels=corpus.val_labels, epochs=cfg.epochs, num_classes=num_classes,
         class_names=list(corpus.class_names),
         logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
-        show_progress=cluster.is_chief, save_every_seconds=60 * cfg.save_every_minutes)
+        show_progress=cluster.is_chief, save_every_seconds=60 * cfg.save_every_minutes,
+        multi_label=corpus.multi_label)
     best = float(state.best_val_accuracy.numpy())
     logger.hparams(cfg.hparams(), run_name, best, int(state.epoch.numpy()))
     logger.close()
@@ -299,6 +306,17 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     if cluster.multi_worker:
         distributed.broadcast_string(strategy, str(result.version))
     return result
+
+
+def _log_lengths(spec, corpus: data_lib.Corpus, cfg: TrainConfig) -> None:
+    """The data report's last part, once the tokenizer is known: how long the training texts are in word pieces."""
+    lengths = length_summary(spec.preprocess_handle, corpus.train_texts, cfg.seq_length)
+    if lengths["docs"]:
+        log.info("word-piece lengths of %d training texts: median %d, p90 %d, p99 %d, max %d; %.1f%% do not fit "
+                 "one --seq-length %d window (training reads the %s; validation and serving up to %d/%d windows)",
+                 lengths["docs"], lengths["p50"], lengths["p90"], lengths["p99"], lengths["max"],
+                 100 * lengths["share_truncated"], cfg.seq_length, cfg.truncation.replace("_", "+"),
+                 cfg.val_windows, cfg.serve_windows)
 
 
 def _check_export_precision(cfg: TrainConfig, spec) -> None:
@@ -371,7 +389,10 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
     log.info("restored best checkpoint %s (epoch %d, val accuracy %.4f)", ckpt_path, int(state.best_epoch.numpy()),
              float(state.best_val_accuracy.numpy()))
     module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
-                           max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens)
+                           max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens,
+                           thresholds=[NEUTRAL_THRESHOLD] * len(corpus.class_names) if corpus.multi_label else None)
+    if corpus.multi_label:
+        _tune_thresholds(module, corpus, cfg.batch_size)
     try:
         report = check_export(module, model, list(corpus.val_texts))
     except ExportCheckError as e:
@@ -387,7 +408,8 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
     try:
         card["export_check"] = {**check_validation_accuracy(
             cfg, corpus, module, model, trained_accuracy=float(state.best_val_accuracy.numpy()),
-            export_accuracy=card["export_val_accuracy"]), "bucket_logit_diffs": report.bucket_diffs,
+            export_accuracy=card["export_val_micro_f1" if corpus.multi_label else "export_val_accuracy"]),
+            "bucket_logit_diffs": report.bucket_diffs,
             "serve_probability_diff": report.serve_diff}
     except ExportCheckError as e:
         raise RunError(str(e)) from e
@@ -422,17 +444,34 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
                      card.get("test"))
 
 
+def _tune_thresholds(module: ServingModule, corpus: data_lib.Corpus, batch_size: int) -> None:
+    """Sets a multi-label module's per-label thresholds to those with the best validation F1, read through the
+    serving graph itself (its windows), so they fit what clients get. The test set plays no part."""
+    from trainer.modelcard import predict_probabilities  # noqa: PLC0415
+
+    names = list(corpus.class_names)
+    true = multi_hot(corpus.val_labels, len(names)) > 0.5
+    thresholds = tune_thresholds(true, predict_probabilities(module, corpus.val_texts, batch_size))
+    module.thresholds.assign(thresholds)
+    log.info("per-label thresholds tuned on validation (best F1 per label): %s",
+             ", ".join(f"{n} {t:.2f}" for n, t in zip(names, thresholds, strict=True)))
+
+
 def score_test_set(version_dir: Path, corpus: data_lib.Corpus, run_logdir: Path) -> dict:
     """Scores the held-out test set once, through the exported graph; logs it and writes it to TensorBoard."""
     from trainer.evaluate import evaluate_saved_model, format_report  # noqa: PLC0415
 
     names = list(corpus.class_names)
-    report = evaluate_saved_model(version_dir, corpus.test_texts, [names[i] for i in corpus.test_labels],
-                                  corpus.test_paths)
+    if corpus.multi_label:
+        true = [tuple(names[i] for i in ids) for ids in corpus.test_labels]
+    else:
+        true = [names[i] for i in corpus.test_labels]
+    report = evaluate_saved_model(version_dir, corpus.test_texts, true, corpus.test_paths)
     report.pop("model", None)  # the temporary export folder
     log.info("%s", format_report(report, what="held-out test set, through the exported model"))
     with tf.summary.create_file_writer(str(run_logdir / "test")).as_default():
-        tf.summary.scalar("test/accuracy", report["accuracy"], step=0)
+        for key in ("micro_f1", "subset_accuracy") if corpus.multi_label else ("accuracy",):
+            tf.summary.scalar(f"test/{key}", report[key], step=0)
         tf.summary.scalar("test/macro_f1", report["macro_f1"], step=0)
         rows = "\n".join(f"| {n} | {m['precision']} | {m['recall']} | {m['f1']} | {m['support']} |"
                          for n, m in report["per_class"].items())
@@ -516,14 +555,14 @@ def load_data(cfg: TrainConfig) -> data_lib.Corpus:
 
     if not own_data.is_plain_folder_corpus(cfg.data_dir, test_split=cfg.test_split, test_data=cfg.test_data,
                                            validation_data=cfg.validation_data, encoding=cfg.encoding,
-                                           dedup=cfg.dedup):
+                                           dedup=cfg.dedup, multi_label=cfg.multi_label):
         data = cfg.data_dir or str(data_lib.resolve_data_dir(None, cfg.cache_dir))  # BBC, downloaded if need be
         return own_data.load_own_corpus(
             data, dedup=cfg.dedup, text_columns=cfg.text_columns, label_column=cfg.label_column,
             label_names=cfg.label_names, encoding=cfg.encoding, validation_split=cfg.validation_split,
             test_split=cfg.test_split, seed=cfg.split_seed, validation_data=cfg.validation_data,
             test_data=cfg.test_data, min_examples=cfg.min_examples, max_train_docs=cfg.max_train_docs,
-            max_val_docs=cfg.max_val_docs)
+            max_val_docs=cfg.max_val_docs, multi_label=cfg.multi_label, label_separator=cfg.label_separator)
     data_dir = data_lib.resolve_data_dir(cfg.data_dir, cfg.cache_dir)
     return data_lib.load_corpus(data_dir, validation_split=cfg.validation_split, seed=cfg.split_seed,
                                 max_train_docs=cfg.max_train_docs, max_val_docs=cfg.max_val_docs)

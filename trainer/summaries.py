@@ -23,6 +23,8 @@ ADAM_V = "hist_dense_adam_second_moment"
 CONFUSION = "confusion_matrix"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 VAL_MACRO_F1 = "val_macro_f1"
+VAL_MICRO_F1 = "val_micro_f1"  # multi-label: what picks the best checkpoint
+LABEL_PRECISION, LABEL_RECALL = "label_precision", "label_recall"  # multi-label, "<tag>/<label name>"
 
 
 class RunLogger:
@@ -61,6 +63,16 @@ class RunLogger:
         with self.validation.as_default(step=epoch):
             tf.summary.image(CONFUSION, confusion_png(matrix, class_names)[tf.newaxis], step=epoch)
             tf.summary.scalar(VAL_MACRO_F1, macro_f1(matrix))
+        self.validation.flush()
+
+    def label_metrics(self, epoch: int, metrics: dict) -> None:
+        """Multi-label validation (`trainer.multilabel.label_metrics`): micro/macro-F1 and each label's P/R."""
+        with self.validation.as_default(step=epoch):
+            tf.summary.scalar(VAL_MICRO_F1, metrics["micro_f1"])
+            tf.summary.scalar(VAL_MACRO_F1, metrics["macro_f1"])
+            for name, m in metrics["per_class"].items():
+                tf.summary.scalar(f"{LABEL_PRECISION}/{name}", m["precision"])
+                tf.summary.scalar(f"{LABEL_RECALL}/{name}", m["recall"])
         self.validation.flush()
 
     def hparams(self, hparams: dict[str, object], run_name: str, best_val_accuracy: float, epoch: int) -> None:
