@@ -15,7 +15,7 @@ DURATION ?= 30s
 .DEFAULT_GOAL := help
 .PHONY: help install train export analyze serve tensorboard loadtest stack test lint bench-accuracy bench-windows \
         bench-pipeline bench-data bench-serving profile-serving bench-parity bf16-export golden clean compose-loadtest test-compose k8s-render \
-        batch bench-batch
+        batch bench-batch bench-baseline
 # Compose: the CPU override unless this host has an NVIDIA driver (nvidia-smi); COMPOSE_FILES=... to choose.
 COMPOSE_FILES ?= -f docker-compose.yml $(if $(shell command -v nvidia-smi),,-f compose.cpu.yml)
 
@@ -80,6 +80,9 @@ lint: install ## ruff + hadolint
 
 bench-accuracy: install ## each configuration x 3 seeds on BBC: mean and range, leakage-free accuracy, errors report
 	$(PY) benchmarks/bench_accuracy.py $(DATA_FLAG)
+
+bench-baseline: install ## TF-IDF + logistic regression on the trainer's split (BASELINE_ARGS="--data F ... [--model models/bertbc/N]"; default: BBC)
+	$(PY) benchmarks/bench_baseline.py $(or $(BASELINE_ARGS),--data $(DATA_DIR))
 
 bench-windows: install ## the newest finished run read over windows vs its head only: accuracy (long docs too), cost
 	$(PY) benchmarks/bench_windows.py --checkpoint-dir checkpoints

@@ -248,7 +248,7 @@ def test_trainer_dependencies_are_only_what_the_trainer_imports():
     extras = project["optional-dependencies"]
     assert {"serve", "loadtest", "tensorboard", "dev"} <= set(extras)
     assert "locust" in _names(extras["loadtest"]) and "requests" in _names(extras["serve"])
-    assert "bertbc[serve,loadtest,tensorboard,batch]" in extras["dev"]
+    assert "bertbc[serve,loadtest,tensorboard,batch,baseline]" in extras["dev"]
 
 
 # ---------------------------------------------------------------- versions
