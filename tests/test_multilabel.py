@@ -195,6 +195,17 @@ def test_dev_server_answers_label_sets(multi_run, tmp_path):
     assert all(set(p["labels"]) <= set(TOPICS) | {""} for p in predictions)
 
 
+def test_export_only_re_exports_with_the_same_thresholds_and_passes_the_gate_on_micro_f1(multi_run):
+    tmp, data, _, card = multi_run
+    args = flags(tmp, Path(card["config"]["cache_dir"]), data, "--test-split", "0.2", "--export-only")
+    done = run_trainer(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((tmp / "models" / "bertbc" / "2" / "model_card.json").read_text())
+    assert again["thresholds"] == card["thresholds"] and again["source"] == "export-only"
+    assert again["gate"]["metric"] == "micro_f1" and again["gate"]["served_version"] == 1
+    assert again["gate"]["candidate"] == pytest.approx(again["gate"]["served"])  # the same checkpoint
+
+
 @pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
 def test_batch_scoring_writes_each_rows_label_set(multi_run, tmp_path, output_format):
     import pyarrow.parquet as pq
