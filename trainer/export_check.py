@@ -179,7 +179,8 @@ def check_export(module, classifier, texts, tolerance: Tolerance | None = None) 
     return CheckReport(bucket_diffs, serve_diff, served)
 
 
-def check_accuracy(export_accuracy: float, trained_accuracy: float, docs: int, slack_docs: float = 1.0) -> None:
+def check_accuracy(export_accuracy: float, trained_accuracy: float, docs: int, slack_docs: float = 1.0,
+                   metric: str = "accuracy", unit: str = "documents") -> None:
     """Refuses an export whose validation accuracy is more than `slack_docs` documents away from training's.
 
     Both figures are of the same checkpoint on the same documents read the same way, so they may differ only by
@@ -188,8 +189,8 @@ def check_accuracy(export_accuracy: float, trained_accuracy: float, docs: int, s
     differ = abs(export_accuracy - trained_accuracy) * docs
     if differ > slack_docs + 1e-6:
         raise ExportCheckError(
-            f"export check: the export's validation accuracy {export_accuracy:.4f} differs from training's evaluation "
-            f"of the same checkpoint, {trained_accuracy:.4f}, by {differ:.1f} of {docs} documents (more than "
+            f"export check: the export's validation {metric} {export_accuracy:.4f} differs from training's evaluation "
+            f"of the same checkpoint, {trained_accuracy:.4f}, by {differ:.1f} of {docs} {unit} (more than "
             f"{slack_docs:g}); the serving graph does not compute what was validated")
 
 
@@ -220,6 +221,7 @@ def check_validation_accuracy(cfg, corpus, module, classifier, *, trained_accura
         docs = max(sum(len(ids) for ids in corpus.val_labels), 1) // 2 or 1
     exact = cfg.mixed_precision == "off" and module.precision == "fp32"
     slack = 1.0 if exact else 1.0 + 0.01 * docs
-    check_accuracy(export_accuracy, trained_accuracy, docs, slack_docs=slack)
+    check_accuracy(export_accuracy, trained_accuracy, docs, slack_docs=slack,
+                   **({"metric": "micro-F1", "unit": "label decisions (true labels / 2)"} if multi else {}))
     return {"val_windows": cfg.val_windows, "export_val_accuracy": export_accuracy,
             "trained_val_accuracy": trained_accuracy, "slack_docs": slack}
