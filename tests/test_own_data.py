@@ -153,3 +153,36 @@ def test_which_corpora_keep_the_class_folder_path(data, options, plain, tmp_path
     path = None if data is None else str(tmp_path / data)
     kwargs = {"test_split": 0.0, "test_data": None, "validation_data": None, "encoding": "utf-8", **options}
     assert is_plain_folder_corpus(path, **kwargs) is plain
+
+
+def test_the_corpus_as_a_csv_trains_the_same_model_as_its_class_folders(toy_corpus_dir, cache_dir, tiny_encoder,
+                                                                         tmp_path):
+    """Issue 19, point 9: class folders, and the same corpus written as tables by scripts/bbc_to_csv.py (integer
+    labels, --label-names, the folders' split as --validation-data), give the same losses to the last digit."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    tables = tmp_path / "tables"
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bbc_to_csv.py"), str(toy_corpus_dir), str(tables)],
+                   check=True, capture_output=True)
+    common = ["--cache-dir", str(cache_dir), "--encoder", TOY["encoder"], "--seq-length", str(TOY["seq_length"]),
+              "--batch-size", "8", "--learning-rate", str(TOY["learning_rate"]), "--epochs", "2", "--val-windows",
+              "1", "--load-check", "off"]
+    histories = {}
+    for name, data in (("folders", ["--data", str(toy_corpus_dir)]),
+                       ("csv", ["--data", str(tables / "bbc-train.csv"), "--validation-data",
+                                str(tables / "bbc-validation.csv"), "--text-column", "title", "--text-column",
+                                "body", "--label-column", "label", "--label-names",
+                                str(tables / "bbc-label-names.txt")])):
+        out = tmp_path / name
+        done = run_trainer([*data, *common, "--logdir", str(out / "logs"), "--checkpoint-dir", str(out / "ckpt"),
+                            "--model-base-path", str(out / "models")])
+        assert done.returncode == 0, done.stderr[-3000:]
+        (history,) = (out / "ckpt").glob("*/history.json")
+        histories[name] = [{k: e[k] for k in ("train_loss", "val_loss", "val_accuracy", "confusion")}
+                           for e in json.loads(history.read_text())]
+        card = json.loads((out / "models" / "1" / "model_card.json").read_text())
+        assert card["data"]["class_names"] == sorted(TOPIC.values())
+    assert len(histories["csv"]) == 2 and histories["csv"] == histories["folders"]
