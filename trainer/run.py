@@ -251,8 +251,9 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         class_weights=weights.for_config(cfg, corpus), multi_label=corpus.multi_label)
     checkpoints = Checkpoints(run_ckpt, state, folders if cluster.multi_worker else None)
     if checkpoints.restore_latest():
-        log.info("resuming run %s after epoch %d (best val accuracy %.4f at epoch %d)", run_name,
-                 int(state.epoch.numpy()), float(state.best_val_accuracy.numpy()), int(state.best_epoch.numpy()))
+        log.info("resuming run %s after epoch %d (best val %s %.4f at epoch %d)", run_name,
+                 int(state.epoch.numpy()), "micro-F1" if corpus.multi_label else "accuracy",
+                 float(state.best_val_accuracy.numpy()), int(state.best_epoch.numpy()))
     else:
         log.info("starting run %s: %d train / %d val docs (validated in up to %d window(s) each), %d steps per "
                  "epoch, %d replica(s)", run_name, len(corpus.train_texts), len(corpus.val_texts), cfg.val_windows,
@@ -386,7 +387,8 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
     except AssertionError as e:
         raise RunError(f"the best checkpoint {ckpt_path} does not match a model built with this run's settings "
                        f"({e}); was the checkpoint folder copied between runs?") from e
-    log.info("restored best checkpoint %s (epoch %d, val accuracy %.4f)", ckpt_path, int(state.best_epoch.numpy()),
+    log.info("restored best checkpoint %s (epoch %d, val %s %.4f)", ckpt_path, int(state.best_epoch.numpy()),
+             "micro-F1" if corpus.multi_label else "accuracy",
              float(state.best_val_accuracy.numpy()))
     module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
                            max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens,
