@@ -98,6 +98,14 @@ def run_trainer(args: list[str], env: dict | None = None, timeout: int = 300) ->
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def toy_run_flags(out: Path, cache_dir: Path, *, epochs: int = 1) -> list[str]:
+    """A small tiny-random run writing into `out` (logs/, ckpt/, models/bertbc/); the caller adds its data flags."""
+    return ["--cache-dir", str(cache_dir), "--encoder", TOY["encoder"], "--seq-length", str(TOY["seq_length"]),
+            "--batch-size", "8", "--learning-rate", str(TOY["learning_rate"]), "--epochs", str(epochs),
+            "--val-windows", "1", "--logdir", str(out / "logs"), "--checkpoint-dir", str(out / "ckpt"),
+            "--model-base-path", str(out / "models" / "bertbc")]
+
+
 def trainer_flags(cfg: TrainConfig) -> list[str]:
     """The command line that reproduces `cfg` (the settings toy_config sets)."""
     return ["--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--encoder", cfg.encoder,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TOY, TOY_KEYWORDS, run_trainer, toy_text
+from tests.conftest import TOY_KEYWORDS, run_trainer, toy_run_flags, toy_text
 from trainer.multilabel import NEUTRAL_THRESHOLD, THRESHOLD_GRID, label_metrics, multi_hot, tune_thresholds
 
 TOPICS = sorted(TOY_KEYWORDS)  # business, politics, sport
@@ -76,11 +76,7 @@ def write_multi_label_csv(path: Path, rows: int = 96, seed: int = 0) -> Path:
 
 def flags(tmp: Path, cache_dir: Path, data: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--label-column", "tags", "--multi-label", "--label-separator", "|",
-            "--cache-dir", str(cache_dir), "--encoder", TOY["encoder"], "--seq-length", str(TOY["seq_length"]),
-            "--batch-size", "8", "--learning-rate", str(TOY["learning_rate"]), "--epochs", "3",
-            "--val-windows", "1", "--serve-windows", "1", "--load-check", "off",
-            "--logdir", str(tmp / "logs"), "--checkpoint-dir", str(tmp / "ckpt"),
-            "--model-base-path", str(tmp / "models" / "bertbc"), *extra]
+            *toy_run_flags(tmp, cache_dir, epochs=3), "--serve-windows", "1", "--load-check", "off", *extra]
 
 
 @pytest.fixture(scope="module")

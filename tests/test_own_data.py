@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TOY, run_trainer, toy_text
+from tests.conftest import run_trainer, toy_run_flags, toy_text
 
 NAMES = {"1": "World", "2": "Sports", "3": "Business"}
 TOPIC = {"World": "politics", "Sports": "sport", "Business": "business"}  # the toy vocabulary of each class
@@ -30,11 +30,7 @@ def write_csv(path: Path, rows_per_class: int = 16, seed: int = 0) -> Path:
 
 def flags(tmp: Path, cache_dir: Path, data: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--text-column", "title", "--text-column", "body", "--label-column", "topic",
-            "--label-names", ",".join(f"{k}={v}" for k, v in NAMES.items()), "--cache-dir", str(cache_dir),
-            "--encoder", TOY["encoder"], "--seq-length", str(TOY["seq_length"]), "--batch-size", "8",
-            "--learning-rate", str(TOY["learning_rate"]), "--epochs", "1", "--val-windows", "1",
-            "--logdir", str(tmp / "logs"), "--checkpoint-dir", str(tmp / "ckpt"),
-            "--model-base-path", str(tmp / "models" / "bertbc"), *extra]
+            "--label-names", ",".join(f"{k}={v}" for k, v in NAMES.items()), *toy_run_flags(tmp, cache_dir), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +163,6 @@ def test_the_corpus_as_a_csv_trains_the_same_model_as_its_class_folders(toy_corp
     tables = tmp_path / "tables"
     subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bbc_to_csv.py"), str(toy_corpus_dir), str(tables)],
                    check=True, capture_output=True)
-    common = ["--cache-dir", str(cache_dir), "--encoder", TOY["encoder"], "--seq-length", str(TOY["seq_length"]),
-              "--batch-size", "8", "--learning-rate", str(TOY["learning_rate"]), "--epochs", "2", "--val-windows",
-              "1", "--load-check", "off"]
     histories = {}
     for name, data in (("folders", ["--data", str(toy_corpus_dir)]),
                        ("csv", ["--data", str(tables / "bbc-train.csv"), "--validation-data",
@@ -177,12 +170,11 @@ def test_the_corpus_as_a_csv_trains_the_same_model_as_its_class_folders(toy_corp
                                 "body", "--label-column", "label", "--label-names",
                                 str(tables / "bbc-label-names.txt")])):
         out = tmp_path / name
-        done = run_trainer([*data, *common, "--logdir", str(out / "logs"), "--checkpoint-dir", str(out / "ckpt"),
-                            "--model-base-path", str(out / "models")])
+        done = run_trainer([*data, *toy_run_flags(out, cache_dir), "--load-check", "off"])
         assert done.returncode == 0, done.stderr[-3000:]
         (history,) = (out / "ckpt").glob("*/history.json")
         histories[name] = [{k: e[k] for k in ("train_loss", "val_loss", "val_accuracy", "confusion")}
                            for e in json.loads(history.read_text())]
-        card = json.loads((out / "models" / "1" / "model_card.json").read_text())
+        card = json.loads((out / "models" / "bertbc" / "1" / "model_card.json").read_text())
         assert card["data"]["class_names"] == sorted(TOPIC.values())
-    assert len(histories["csv"]) == 2 and histories["csv"] == histories["folders"]
+    assert len(histories["csv"]) == 1 and histories["csv"] == histories["folders"]
