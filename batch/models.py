@@ -58,7 +58,7 @@ def resolve_model(path: str) -> ModelRef:
     path = path.rstrip("/") or "/"
     version = _version(posixpath.basename(path))
     if version is not None and _exists(FileSystems.join(path, SAVED_MODEL)):
-        return ModelRef(path, version, read_class_names(path), is_multi_label(path))
+        return ModelRef(path, version, *read_model_info(path))
     if _exists(FileSystems.join(path, SAVED_MODEL)):
         raise ModelError(f"{path} holds a SavedModel but is not a numeric version folder; pass its base path "
                          "(models/bertbc) or a version folder (models/bertbc/3)")
@@ -76,32 +76,19 @@ def resolve_model(path: str) -> ModelRef:
         raise ModelError(f"{path}: no exported version (a numeric folder with {SAVED_MODEL}); "
                          "train one with `make train` or pass --model models/bertbc/N")
     newest = max(versions)
-    return ModelRef(versions[newest], newest, read_class_names(versions[newest]), is_multi_label(versions[newest]))
+    return ModelRef(versions[newest], newest, *read_model_info(versions[newest]))
 
 
-def is_multi_label(version_path: str) -> bool:
-    """Whether the version is a multi-label export: its model card says so, else it holds thresholds."""
+def read_model_info(version_path: str) -> tuple[tuple[str, ...], bool]:
+    """(class names, multi-label) from the model card, else from the SavedModel's ``class_names`` variable and
+    whether it holds per-label ``thresholds`` (only a multi-label export does)."""
     card = FileSystems.join(version_path, MODEL_CARD)
     if _exists(card):
         with FileSystems.open(card) as f:
-            return bool(json.loads(f.read().decode("utf-8")).get("multi_label", False))
-    import tensorflow as tf  # noqa: PLC0415
-
-    try:
-        reader = tf.train.load_checkpoint(FileSystems.join(version_path, "variables", "variables"))
-    except Exception:  # noqa: BLE001 (read_class_names reports an unreadable version)
-        return False
-    return reader.has_tensor(THRESHOLDS_KEY)
-
-
-def read_class_names(version_path: str) -> tuple[str, ...]:
-    """Class names from the model card, else from the ``class_names`` variable of the SavedModel."""
-    card = FileSystems.join(version_path, MODEL_CARD)
-    if _exists(card):
-        with FileSystems.open(card) as f:
-            names = json.loads(f.read().decode("utf-8")).get("data", {}).get("class_names")
+            meta = json.loads(f.read().decode("utf-8"))
+        names = meta.get("data", {}).get("class_names")
         if names:
-            return tuple(str(n) for n in names)
+            return tuple(str(n) for n in names), bool(meta.get("multi_label", False))
     import tensorflow as tf  # noqa: PLC0415 (only when there is no model card: TF is slow to import)
 
     try:
@@ -110,4 +97,4 @@ def read_class_names(version_path: str) -> tuple[str, ...]:
     except Exception as e:  # noqa: BLE001 (TF raises several types for a missing checkpoint/key)
         raise ModelError(f"{version_path}: no {MODEL_CARD} with data.class_names and no class_names variable "
                          f"in the SavedModel ({type(e).__name__})") from e
-    return tuple(v.decode("utf-8") for v in values.tolist())
+    return tuple(v.decode("utf-8") for v in values.tolist()), reader.has_tensor(THRESHOLDS_KEY)

@@ -162,22 +162,14 @@ def load_serving_graph(model_dir: str | Path):
 
 
 def predict_label_sets(loaded, texts: Sequence[bytes], batch_size: int = 32) -> list[tuple[str, ...]]:
-    """Per text, the labels `serving_default` answers: its `labels` output (a multi-label model: the names above
-    their thresholds, "" padding dropped), else its `label` output (one string per text)."""
-    import tensorflow as tf  # noqa: PLC0415
+    """Per text, the labels `serving_default` answers: a multi-label model's `labels` output ("" padding
+    dropped), else its `label` output (one string per text)."""
+    from trainer.evaluate import predict  # noqa: PLC0415
 
-    fn = loaded.signatures["serving_default"]
-    (input_name,) = fn.structured_input_signature[1].keys()
-    multi = "labels" in fn.structured_outputs
-    out: list[tuple[str, ...]] = []
-    for start in range(0, len(texts), batch_size):
-        batch = tf.constant(list(texts[start:start + batch_size]), tf.string)
-        answer = fn(**{input_name: batch})
-        if multi:
-            out.extend(tuple(n.decode("utf-8") for n in row if n) for row in answer["labels"].numpy())
-        else:
-            out.extend((label.decode("utf-8"),) for label in answer["label"].numpy())
-    return out
+    predictions = predict(loaded, texts, batch_size=batch_size)
+    if predictions.label_sets is not None:
+        return predictions.label_sets
+    return [(label,) for label in predictions.labels]
 
 
 def class_names_of(model_dir: str | Path, loaded=None) -> tuple[str, ...] | None:

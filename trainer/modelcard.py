@@ -13,26 +13,31 @@ import tf_keras
 from trainer import multilabel, summaries, weights
 
 
+def _served(module, texts, output: str, batch_size: int) -> list[np.ndarray]:
+    return [module.serve(tf.constant(list(texts[start:start + batch_size]), tf.string))[output].numpy()
+            for start in range(0, len(texts), batch_size)]
+
+
 def predict_module(module, texts, batch_size: int = 32) -> np.ndarray:
     """Class ids [N] from the EXPORT path (raw text -> serve), batch by batch."""
-    predicted = [module.serve(tf.constant(list(texts[start:start + batch_size]), tf.string))["class_id"].numpy()
-                 for start in range(0, len(texts), batch_size)]
+    predicted = _served(module, texts, "class_id", batch_size)
     return np.concatenate(predicted) if predicted else np.zeros([0], np.int64)
 
 
 def predict_probabilities(module, texts, batch_size: int = 32) -> np.ndarray:
     """The `probabilities` output [N, C] of the EXPORT path, batch by batch."""
-    out = [module.serve(tf.constant(list(texts[start:start + batch_size]), tf.string))["probabilities"].numpy()
-           for start in range(0, len(texts), batch_size)]
+    out = _served(module, texts, "probabilities", batch_size)
     return np.concatenate(out) if out else np.zeros([0, int(module.class_names.shape[0])], np.float32)
 
 
-def multi_label_section(module, corpus, batch_size: int = 32) -> dict:
+def multi_label_section(module, corpus, batch_size: int = 32, probabilities: np.ndarray | None = None) -> dict:
     """A multi-label card's figures on validation, read through the export: micro-F1 at the neutral threshold
-    (what chose the checkpoint) and every metric at the tuned thresholds the graph serves."""
+    (what chose the checkpoint) and every metric at the tuned thresholds the graph serves. `probabilities`:
+    the module's validation answers when the caller has them already (they do not depend on the thresholds)."""
     names = list(corpus.class_names)
     true = multilabel.multi_hot(corpus.val_labels, len(names)) > 0.5
-    probabilities = predict_probabilities(module, corpus.val_texts, batch_size)
+    if probabilities is None:
+        probabilities = predict_probabilities(module, corpus.val_texts, batch_size)
     thresholds = module.thresholds.numpy()
     neutral = multilabel.label_metrics(true, probabilities >= multilabel.NEUTRAL_THRESHOLD, names)
     tuned = multilabel.label_metrics(true, probabilities >= thresholds, names)
@@ -79,7 +84,7 @@ def validation_report(corpus, predicted: np.ndarray) -> dict:
 
 
 def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch, best_val_accuracy,
-                     train_seconds) -> dict:
+                     train_seconds, val_probabilities: np.ndarray | None = None) -> dict:
     """Collects encoder, hyper-parameters, data fingerprint, metrics and environment as a JSON-able dict.
 
     A multi-label model (`corpus.multi_label`) gets `multi_label_section` instead of the single-label figures
@@ -90,7 +95,7 @@ def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch
                "label": "DT_STRING [-1]"}
     if corpus.multi_label:
         outputs["labels"] = f"DT_STRING [-1, {len(names)}]"
-        metrics = multi_label_section(module, corpus, cfg.batch_size)
+        metrics = multi_label_section(module, corpus, cfg.batch_size, val_probabilities)
     else:
         predicted = predict_module(module, corpus.val_texts, cfg.batch_size)
         matrix = confusion_matrix(corpus.val_labels, predicted, len(names))

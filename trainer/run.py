@@ -393,8 +393,7 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
     module = ServingModule(preprocessor, model, list(corpus.class_names), precision=cfg.export_precision,
                            max_windows=cfg.serve_windows, window_overlap=cfg.overlap_tokens,
                            thresholds=[NEUTRAL_THRESHOLD] * len(corpus.class_names) if corpus.multi_label else None)
-    if corpus.multi_label:
-        _tune_thresholds(module, corpus, cfg.batch_size)
+    val_probabilities = _tune_thresholds(module, corpus, cfg.batch_size) if corpus.multi_label else None
     try:
         report = check_export(module, model, list(corpus.val_texts))
     except ExportCheckError as e:
@@ -405,7 +404,7 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
     card = build_model_card(cfg, corpus, spec, module, history=history, run_name=run_name,
                             best_epoch=int(state.best_epoch.numpy()),
                             best_val_accuracy=float(state.best_val_accuracy.numpy()),
-                            train_seconds=train_seconds)
+                            train_seconds=train_seconds, val_probabilities=val_probabilities)
     card["source"] = source
     try:
         card["export_check"] = {**check_validation_accuracy(
@@ -446,17 +445,21 @@ def _export_run(cfg: TrainConfig, corpus: data_lib.Corpus, spec, run_name: str, 
                      card.get("test"))
 
 
-def _tune_thresholds(module: ServingModule, corpus: data_lib.Corpus, batch_size: int) -> None:
+def _tune_thresholds(module: ServingModule, corpus: data_lib.Corpus, batch_size: int) -> np.ndarray:
     """Sets a multi-label module's per-label thresholds to those with the best validation F1, read through the
-    serving graph itself (its windows), so they fit what clients get. The test set plays no part."""
+    serving graph itself (its windows), so they fit what clients get. The test set plays no part.
+
+    Returns the validation probabilities [N, C] (the model card reuses them)."""
     from trainer.modelcard import predict_probabilities  # noqa: PLC0415
 
     names = list(corpus.class_names)
     true = multi_hot(corpus.val_labels, len(names)) > 0.5
-    thresholds = tune_thresholds(true, predict_probabilities(module, corpus.val_texts, batch_size))
+    probabilities = predict_probabilities(module, corpus.val_texts, batch_size)
+    thresholds = tune_thresholds(true, probabilities)
     module.thresholds.assign(thresholds)
     log.info("per-label thresholds tuned on validation (best F1 per label): %s",
              ", ".join(f"{n} {t:.2f}" for n, t in zip(names, thresholds, strict=True)))
+    return probabilities
 
 
 def score_test_set(version_dir: Path, corpus: data_lib.Corpus, run_logdir: Path) -> dict:
