@@ -29,7 +29,8 @@ import random
 import urllib.parse
 from dataclasses import dataclass
 
-from locust import FastHttpUser, events, task
+import gevent
+from locust import FastHttpUser, events, stats, task
 from locust.runners import WorkerRunner
 
 BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
@@ -235,6 +236,20 @@ def _validate_options(environment, **_kwargs) -> None:
     logger.info("bertbc loadtest: requests go to %s", predict_path(options.model_name, options.model_version_label))
     pool = load_texts(options.texts_dir)  # fail at start, not in every user, if the folder is unusable
     logger.info("bertbc loadtest: %d short + %d long texts from %s", len(pool.short), len(pool.long), pool.source)
+
+
+@events.quitting.add_listener
+def _let_csv_catch_up(environment, **_kwargs) -> None:
+    """Waits one CSV interval so ``--csv`` files hold the final numbers, not a snapshot up to 1 s old.
+
+    Locust's CSV writer rewrites ``<prefix>_stats.csv`` every ``CSV_STATS_INTERVAL_SEC`` and only closes the file
+    at shutdown (locustio/locust#1806, #2299): a short run's report could miss its last requests, even all of them.
+    The users have stopped when ``quitting`` fires, so the writer's next pass writes the totals the verdict uses.
+    """
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) or options is None or not getattr(options, "csv_prefix", None):
+        return
+    gevent.sleep(stats.CSV_STATS_INTERVAL_SEC + 0.2)
 
 
 @events.quitting.add_listener
