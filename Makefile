@@ -93,7 +93,7 @@ bench-pipeline: install ## steps/s: tf.function vs eager, parallel vs serial inp
 # The generated 1M-row (~1 GB) CSV of bench-data lives outside the repo; it is written when missing.
 BIG_CSV ?= /tmp/bertbc-big.csv
 
-bench-data: install ## corpus/ readers on a generated 1M-row ~1 GB CSV: rows/s and peak RSS per phase (CPU named)
+bench-data: install ## own corpus at 10^6 rows (~1 GB CSV): readers, input pipeline and the real trainer: rows/s, peak RSS (~15 min)
 	$(PY) benchmarks/bench_data.py --csv $(BIG_CSV)
 
 # The bf16 export of the same run, for the fp32-vs-bf16 columns: make bf16-export (or MODELS_BF16= to skip).

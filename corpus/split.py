@@ -224,6 +224,15 @@ def make_splitter(
     return HashSplit(spec)
 
 
+def effective_spec(spec: SplitSpec, validation_data=None, test_data=None) -> SplitSpec:
+    """The shares that remain for the hash/stratified rule when separate validation/test files are given."""
+    return dataclasses.replace(
+        spec,
+        validation_split=0.0 if validation_data is not None else spec.validation_split,
+        test_split=0.0 if test_data is not None else spec.test_split,
+    )
+
+
 def iter_split(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     spec: SplitSpec = SplitSpec(),
@@ -251,11 +260,7 @@ def iter_split(
       ``(split name, Row)`` for class folders in the notebook order (train, then validation); for files in
       file order.
     """
-    spec = dataclasses.replace(
-        spec,
-        validation_split=0.0 if validation_data is not None else spec.validation_split,
-        test_split=0.0 if test_data is not None else spec.test_split,
-    )
+    spec = effective_spec(spec, validation_data, test_data)
     wanted = set(splits)
     root = _folder_root(paths)
     if splitter is None:

@@ -39,6 +39,10 @@ PROFILES = ["--profile", "loadtest", "--profile", "loadtest-distributed", "--pro
             "--profile", "batch"]
 BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
 DOCS_PER_CLASS = 24
+# The trainer services train on the corpus as a user's own CSV, integer labels renamed by --label-names.
+OWN_CSV = "news.csv"
+OWN_DATA_ARGS = ("--text-column title --text-column body --label-column label --label-names "
+                 + ",".join(f"{i}={name}" for i, name in enumerate(BBC_LABELS, start=1)))
 HOLD_AFTER_SWAP = 15  # seconds of load on the new version before the Locust run of step 6 is stopped
 SKIP_VARIABLE = "BERTBC_SKIP_COMPOSE"
 # Variables of the scripts that a caller may set; every other BERTBC_* / COMPOSE_* is replaced by the test's.
@@ -112,23 +116,37 @@ def _free_port() -> int:
 
 
 def _write_corpus(root: Path) -> str:
-    """DOCS_PER_CLASS documents per class: from the BBC corpus when present, else synthetic 5-class text."""
+    """DOCS_PER_CLASS documents per class: from the BBC corpus when present, else synthetic 5-class text.
+
+    Written twice: as class folders (bbc/, what the batch profile labels) and as a user's own table
+    (OWN_CSV: id,title,body,label with integer labels 1-5), which the trainer services train on with
+    `--label-names` (OWN_DATA_ARGS), so every served name comes from the label map, not from folder names.
+    """
     bbc = root / "bbc"
     if BBC_DIR.is_dir():
         for label in BBC_LABELS:
             (bbc / label).mkdir(parents=True)
             for source in sorted((BBC_DIR / label).glob("*.txt"))[:DOCS_PER_CLASS]:
                 shutil.copyfile(source, bbc / label / source.name)
-        return f"{DOCS_PER_CLASS} BBC documents per class from {BBC_DIR}"
-    rng = random.Random(0)
-    filler = "the a of and in to said was on for with new year people".split()
-    for label in BBC_LABELS:
-        (bbc / label).mkdir(parents=True)
-        for i in range(DOCS_PER_CLASS):
-            words = [rng.choice(filler) for _ in range(30)] + [label] * 4
-            rng.shuffle(words)
-            (bbc / label / f"{i + 1:03d}.txt").write_text(" ".join(words) + ".\n")
-    return f"{DOCS_PER_CLASS} synthetic documents per class (no BBC corpus at {BBC_DIR})"
+        where = f"{DOCS_PER_CLASS} BBC documents per class from {BBC_DIR}"
+    else:
+        rng = random.Random(0)
+        filler = "the a of and in to said was on for with new year people".split()
+        for label in BBC_LABELS:
+            (bbc / label).mkdir(parents=True)
+            for i in range(DOCS_PER_CLASS):
+                words = [rng.choice(filler) for _ in range(30)] + [label] * 4
+                rng.shuffle(words)
+                (bbc / label / f"{i + 1:03d}.txt").write_text(" ".join(words) + ".\n")
+        where = f"{DOCS_PER_CLASS} synthetic documents per class (no BBC corpus at {BBC_DIR})"
+    with open(root / OWN_CSV, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "title", "body", "label"])
+        for value, label in enumerate(BBC_LABELS, start=1):
+            for path in sorted((bbc / label).glob("*.txt")):
+                title, _, body = path.read_bytes().decode("utf-8", "replace").partition("\n")
+                writer.writerow([f"{label}/{path.name}", title.strip(), body.strip(), value])
+    return f"{where}, trained from {OWN_CSV} (integer labels, --label-names)"
 
 
 def _base_env() -> dict[str, str]:
@@ -219,7 +237,8 @@ def stack(request):
             BERTBC_DATA_SOURCE=str(workdir / "data"), BERTBC_REPORTS_DIR=str(workdir / "reports"),
             BERTBC_REST_PORT=str(rest), BERTBC_GRPC_PORT=str(grpc), BERTBC_TB_PORT=str(tb),
             BERTBC_ENCODER=os.environ.get("BERTBC_E2E_ENCODER", "tiny-random"), BERTBC_EPOCHS="1",
-            BERTBC_BATCH_SIZE="8", BERTBC_TRAIN_ARGS="--seq-length 64", BERTBC_POLL_SECONDS="2",
+            BERTBC_BATCH_SIZE="8", BERTBC_TRAIN_ARGS=f"--seq-length 64 {OWN_DATA_ARGS}", BERTBC_POLL_SECONDS="2",
+            BERTBC_DATA_DIR=f"/data/{OWN_CSV}",
             BERTBC_LOCUST_USERS="4", BERTBC_LOCUST_SPAWN_RATE="4", BERTBC_LOCUST_RUN_TIME="15s",
             BERTBC_MAX_P95_MS="10000", BERTBC_MAX_P99_MS="20000",
         )
@@ -277,6 +296,10 @@ def test_1_up_trainer_exports_version_1(stack):
         (trainer,) = _containers(stack, "trainer")
         assert trainer["ExitCode"] == 0, f"trainer exited {trainer['ExitCode']} {stack.note}"
         assert _model_versions_in_volume(stack) == [1], stack.note
+        card = json.loads(compose(stack, "run", "--rm", "-T", "--no-deps", "--entrypoint", "cat", "trainer",
+                                  "/models/bertbc/1/model_card.json", timeout=120).stdout)
+        assert card["config"]["data_dir"] == f"/data/{OWN_CSV}", f"{card['config']['data_dir']} {stack.note}"
+        assert card["data"]["class_names"] == list(BBC_LABELS), f"the --label-names order is served {stack.note}"
 
 
 def test_trainer_and_tensorboard_images_are_lean(stack):

@@ -107,6 +107,34 @@ def test_two_workers_train_publish_once_and_match_one_process(setup, tmp_path, c
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=2e-5, err_msg=key)
 
 
+def test_two_workers_stream_an_own_csv_and_match_one_process(setup, tmp_path, cache_dir):
+    """An own corpus streams its training rows from the file on every worker (DATA sharding: each worker tokenizes
+    its slice of every global batch) and trains the weights one process trains."""
+    corpus, encoder, preprocess = setup
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bbc_to_csv.py"), str(corpus), str(tmp_path)],
+                   check=True, capture_output=True)
+    data = tmp_path / "bbc.csv"
+    own = ["--data", str(data), "--text-column", "title", "--text-column", "body", "--label-column", "label",
+           "--label-names", str(tmp_path / "bbc-label-names.txt")]
+    cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=1)
+    procs = _start_workers([*_flags(cfg, encoder, preprocess), *own], tmp_path)
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)
+    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], f"exit codes {codes}\n--- worker 0\n{logs[0][-3000:]}\n--- worker 1\n{logs[1][-3000:]}"
+    assert all("training rows are streamed from the files every epoch" in log for log in logs)
+    single = toy_config(tmp_path / "single", corpus, cache_dir, epochs=1)
+    done = run_trainer([*_flags(single, encoder, preprocess), *own])
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = latest_weights(next(Path(single.checkpoint_dir).iterdir()))
+    got = latest_weights(next(Path(cfg.checkpoint_dir).iterdir()))
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=2e-5, err_msg=key)
+
+
 def test_killed_worker_then_restart_resumes_from_the_checkpoint(setup, tmp_path, cache_dir):
     corpus, encoder, preprocess = setup
     cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=3)

@@ -380,6 +380,27 @@ def test_trainer_script_skips_when_a_model_exists(base, tmp_path, existing_versi
         assert "not retraining" in result.stdout
 
 
+@pytest.mark.parametrize("given, passed", [("news.csv", True), ("exports/*.parquet", True), ("missing.csv", False)])
+def test_trainer_script_trains_on_own_files_and_globs(base, tmp_path, given, passed):
+    """BERTBC_DATA_DIR may name a CSV/JSONL/Parquet file or a glob (own data), not only a class-folder tree."""
+    (tmp_path / "news.csv").write_text("text,label\n")
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "2026-01.parquet").write_bytes(b"")
+    stub = tmp_path / "bin" / "python3"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\necho "CALLED $*"\n')
+    stub.chmod(0o755)
+    trainer = base["services"]["trainer"]
+    env = {**trainer["environment"], "BERTBC_DATA_DIR": str(tmp_path / given), "BERTBC_RETRAIN": "1",
+           "PATH": f"{stub.parent}:/usr/bin:/bin"}
+    result = subprocess.run(["bash", "-c", trainer["command"][0]], env=env, capture_output=True, text=True,
+                            timeout=10)
+    assert result.returncode == 0, result.stderr
+    args = next(line for line in result.stdout.splitlines() if line.startswith("CALLED")).split()
+    assert (args[args.index("--data-dir") + 1] == str(tmp_path / given)) if passed else "--data-dir" not in args
+    assert ("will download the BBC corpus" in result.stdout) is not passed
+
+
 def test_dependencies_wait_for_the_right_conditions(base):
     services = base["services"]
     assert services["serving"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"

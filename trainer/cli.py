@@ -113,6 +113,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="drop validation and test rows that duplicate a training (or, for test, validation) row: "
                         "exact, whitespace/case-normalized or near copies (MinHash, up to 50,000 rows), so the "
                         "scores are not inflated by leakage (BBC has 28 such validation documents)")
+    g.add_argument("--shuffle-buffer", type=int, default=D.shuffle_buffer, metavar="ROWS",
+                   help="own corpora stream their training rows from the files every epoch (nothing is held in "
+                        "memory); this many rows are held to shuffle them (default %(default)s, ~1 KB each). A "
+                        "training split that fits is shuffled exactly as in memory (same model); a larger one "
+                        "is mixed within this window")
     g.add_argument("--class-weights", default=D.class_weights, choices=("none", "balanced"),
                    help="'balanced' weights each training row's loss by n_rows / (n_classes x rows of its class), "
                         "so rare classes count as much as frequent ones (sklearn's 'balanced'); the weights are "

@@ -38,6 +38,7 @@ class TrainConfig:
     class_weights: str = "none"  # "balanced": loss weighted by inverse training-class frequency (trainer/weights.py)
     multi_label: bool = False  # several (or no) labels per row: sigmoid head, tuned thresholds (trainer/multilabel.py)
     label_separator: str | None = None  # splits a CSV label cell into several labels, e.g. "|" (with --multi-label)
+    shuffle_buffer: int = 100_000  # rows held for shuffling a streamed training split (own corpora)
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     encoder: str = "minilm-l6"
     encoder_handle: str | None = None
@@ -107,6 +108,8 @@ class TrainConfig:
                               f"{self.validation_split}, got {self.test_split}")
         if self.min_examples < 1:
             raise ConfigError(f"--min-examples must be >= 1, got {self.min_examples}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer}")
         if not self.text_columns or any(not c for c in self.text_columns):
             raise ConfigError("--text-column must name a column")
         choices = {"pooling": ("cls", "mean"), "truncation": ("head", "head_tail"),

@@ -40,7 +40,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,22 @@ class Corpus:
     test_paths: tuple[str, ...] = ()
     # --multi-label: each entry of *_labels is then a tuple of class ids (possibly empty), not one id.
     multi_label: bool = False
+    # A corpus too large to hold: the training texts are not in `train_texts` (empty) but read again from the files
+    # each time this iterable is iterated, as (text bytes, label) pairs in `train_labels` order.
+    train_stream: Iterable[tuple[bytes, object]] | None = None
+    # Per validation document: whether an exact copy is in the training split, when computed while streaming.
+    val_leak: tuple[bool, ...] | None = None
+
+    @property
+    def num_train(self) -> int:
+        """Training documents, held or streamed."""
+        return len(self.train_labels)
+
+    def iter_train_texts(self) -> Iterator[bytes]:
+        """The training texts in order, from memory or from the stream."""
+        if self.train_stream is None:
+            return iter(self.train_texts)
+        return (text for text, _ in self.train_stream)
 
     def class_counts(self, split: str) -> dict[str, int]:
         """Documents per class name in one split.
@@ -107,6 +123,8 @@ class Corpus:
 
         BBC has 28 such documents in the seed split; accuracy without them is the honest number.
         """
+        if self.val_leak is not None:
+            return self.val_leak
         train = set(self.train_texts)
         return tuple(text in train for text in self.val_texts)
 

@@ -116,7 +116,7 @@ def build_model_card(cfg, corpus, spec, module, *, history, run_name, best_epoch
         "hyperparameters": cfg.hparams(),
         "config": dataclasses.asdict(cfg),
         "data": {"fingerprint": corpus.fingerprint, "class_names": names,
-                 "train_docs": len(corpus.train_texts), "val_docs": len(corpus.val_texts),
+                 "train_docs": corpus.num_train, "val_docs": len(corpus.val_texts),
                  "train_class_counts": corpus.class_counts("train"),
                  "val_class_counts": corpus.class_counts("val"),
                  "invalid_utf8_docs": len(corpus.invalid_utf8_paths),

@@ -9,23 +9,29 @@ duplicates across splits) before any TensorFlow work starts.
 
 With `multi_label`, a row may carry several labels or none; its labels become a tuple of class ids.
 
-The splits are held in memory as bytes, like the BBC corpus (fine to ~10^5 rows); training straight from the
-stream is the next step of issue 19 (point 8).
+Validation and test rows are held in memory as bytes. The trainer reads the training split as a `TrainStream`
+(the files again, every epoch), so a corpus larger than memory trains; tools that need the training texts at hand
+(the TF-IDF baseline, tests) keep them in memory instead.
 """
 
 from __future__ import annotations
 
+import array
 import collections
+import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from corpus.labels import build_label_set, count_labels
+import numpy as np
+
+from corpus import neardup
+from corpus.labels import LabelCounts, LabelSet, build_label_set
 from corpus.paths import class_root, expand_paths
-from corpus.report import build_report, format_report
+from corpus.report import DataReport, format_report
 from corpus.rows import BadRow, CorpusError, Row
-from corpus.split import SplitSpec, iter_split
+from corpus.split import HashSplit, SplitSpec, effective_spec, iter_split, make_splitter
 from trainer.data import Corpus, DataError
 
 log = logging.getLogger("bertbc.trainer")
@@ -67,6 +73,39 @@ def is_plain_folder_corpus(data: str | None, *, test_split: float, test_data: st
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStream:
+    """The training split read again from the files, row by row, each time it is iterated (one epoch).
+
+    Yields ``(text as UTF-8 bytes, label)``: a class id, or for a multi-label corpus a tuple of class ids, in the
+    order of the first pass (the split is decided per row, so every pass gives the same rows). Nothing is held:
+    memory is O(one reader block), whatever the corpus size.
+    """
+
+    paths: str | list[str]
+    spec: SplitSpec
+    splitter: HashSplit | None
+    read: dict
+    validation_data: str | None
+    test_data: str | None
+    labels: LabelSet
+    rows: int
+    multi_label: bool = False
+
+    def __iter__(self) -> Iterator[tuple[bytes, int | tuple[int, ...]]]:
+        n = 0
+        for _, row in iter_split(self.paths, self.spec, validation_data=self.validation_data,
+                                 test_data=self.test_data, splits=("train",), splitter=self.splitter, **self.read):
+            if n == self.rows:
+                return
+            n += 1
+            label = tuple(self.labels.encode(row.labels)) if self.multi_label else self.labels.index(row.labels[0])
+            yield row.text.encode("utf-8"), label
+        if n != self.rows:
+            raise DataError(f"{self.paths}: the training split now has {n} rows, the run counted {self.rows}; the "
+                            "data changed while training. Restore it, or start a new run (--new-run)")
+
+
 def load_own_corpus(
     data: str,
     *,
@@ -85,8 +124,13 @@ def load_own_corpus(
     max_val_docs: int | None = None,
     multi_label: bool = False,
     label_separator: str | None = None,
+    stream_train: bool = False,
 ) -> Corpus:
     """Reads, splits, checks and reports a labelled corpus; returns the trainer's `Corpus` with a test split.
+
+    One streaming pass reads every row: validation and test rows are kept, training rows are counted, hashed into
+    the fingerprint and reported. With `stream_train` the training texts are not kept either: `Corpus.train_stream`
+    reads them again per epoch (issue 19, point 8); the training labels stay, as class ids (a few bytes a row).
 
     Raises:
       DataError: every data problem, in one line (the `CorpusError` of the corpus package, re-raised).
@@ -94,64 +138,137 @@ def load_own_corpus(
     paths = split_paths(data)
     read = {"text_columns": tuple(text_columns), "label_column": label_column, "encoding": encoding,
             "label_separator": label_separator}
+    digest = hashlib.sha256()
     try:
-        pairs = list(iter_split(paths, SplitSpec(validation_split, test_split, seed),
-                                validation_data=validation_data, test_data=test_data, **read))
-        rows = {"train": [], "validation": [], "test": []}
-        dropped: list[BadRow] = []
-        for split, row in pairs:
-            (dropped.append(row) if isinstance(row, BadRow) else rows[split].append(row))
-        rows["train"] = rows["train"][:max_train_docs]
-        rows["validation"] = rows["validation"][:max_val_docs]
-        tally = count_labels(rows["train"])
+        spec = effective_spec(SplitSpec(validation_split, test_split, seed), validation_data, test_data)
+        splitter = make_splitter(paths, spec, **read)
+        report = DataReport()
+        tally = LabelCounts()
+        train_rows: list[Row] = []
+        train_codes = _LabelCodes()
+        train_keys = array.array("Q")
+        held: dict[str, list[Row]] = {"validation": [], "test": []}
+        drops = _Drops()
+        n_train = 0
+        for split, row in iter_split(paths, spec, validation_data=validation_data, test_data=test_data,
+                                     splitter=splitter, **read):
+            report.add(split, row)
+            if isinstance(row, BadRow):
+                drops.add(row)
+            elif split != "train":
+                held[split].append(row)
+            elif max_train_docs is None or n_train < max_train_docs:
+                n_train += 1
+                tally.add(row)
+                train_codes.add(row.labels)
+                _hash_row(digest, "train", row, multi_label)  # train rows come first in the fingerprint
+                if stream_train:
+                    train_keys.append(neardup.exact_key(row.text))
+                else:
+                    train_rows.append(row)
+        held["validation"] = held["validation"][:max_val_docs]
         labels = build_label_set(tally, label_names=label_names, min_examples=min_examples, where=str(data),
                                  column=label_column, multi_label=multi_label)
         for split in ("validation", "test"):
-            _check_known(rows[split], labels, split, multi_label)
-        if not rows["validation"]:
+            _check_known(held[split], labels, split, multi_label)
+        if not held["validation"]:
             raise CorpusError(f"{data}: the validation split is empty; give more rows, a larger "
                               "--validation-split or --validation-data")
-        report = build_report(pairs)
+        report.finish()
     except CorpusError as e:
         raise DataError(str(e)) from None
-    _log_drops(dropped)
+    drops.log()
     log.info("data report:\n%s", format_report(report.finish()))
     if dedup:
         duplicates = report.cross_split_duplicate_ids()
         for split in ("validation", "test"):
-            before = len(rows[split])
-            rows[split] = [r for r in rows[split] if r.id not in duplicates]
-            if before != len(rows[split]):
+            before = len(held[split])
+            held[split] = [r for r in held[split] if r.id not in duplicates]
+            if before != len(held[split]):
                 log.info("--dedup: removed %d %s row(s) that duplicate an earlier split (exact, normalized or "
-                         "near)", before - len(rows[split]), split)
+                         "near)", before - len(held[split]), split)
+    for split in ("validation", "test"):
+        for r in held[split]:
+            _hash_row(digest, split, r, multi_label)
 
-    def texts(split):
-        return tuple(r.text.encode("utf-8") for r in rows[split])
+    def texts(rows):
+        return tuple(r.text.encode("utf-8") for r in rows)
 
-    def ids(split):
+    def ids(rows):
         if multi_label:
-            return tuple(tuple(labels.encode(r.labels)) for r in rows[split])
-        return tuple(labels.index(r.labels[0]) for r in rows[split])
+            return tuple(tuple(labels.encode(r.labels)) for r in rows)
+        return tuple(labels.index(r.labels[0]) for r in rows)
 
-    digest = hashlib.sha256()
-    for split in ("train", "validation", "test"):
-        for r in rows[split]:
-            # Single-label rows hash as before (fingerprints of existing runs stay valid).
-            label = "|".join(sorted(r.labels)) if multi_label else r.labels[0]
-            digest.update(f"{split}\t{r.id}\t{label}\t".encode())
-            digest.update(hashlib.sha256(r.text.encode("utf-8")).digest())
+    stream, leak = None, None
+    if stream_train:
+        stream = TrainStream(paths, spec, splitter, read, validation_data, test_data, labels, n_train, multi_label)
+        val_keys = np.array([neardup.exact_key(r.text) for r in held["validation"]], dtype=np.uint64)
+        leak = tuple(bool(x) for x in np.isin(val_keys, np.frombuffer(train_keys, dtype=np.uint64)))
     corpus = Corpus(
         class_names=labels.names,
-        train_texts=texts("train"), train_labels=ids("train"), train_paths=tuple(r.id for r in rows["train"]),
-        val_texts=texts("validation"), val_labels=ids("validation"),
-        val_paths=tuple(r.id for r in rows["validation"]),
+        train_texts=texts(train_rows), train_labels=train_codes.to_ids(labels, multi_label),
+        train_paths=tuple(r.id for r in train_rows),
+        val_texts=texts(held["validation"]), val_labels=ids(held["validation"]),
+        val_paths=tuple(r.id for r in held["validation"]),
         invalid_utf8_paths=(), fingerprint=digest.hexdigest(),
-        test_texts=texts("test"), test_labels=ids("test"), test_paths=tuple(r.id for r in rows["test"]),
-        multi_label=multi_label,
+        test_texts=texts(held["test"]), test_labels=ids(held["test"]), test_paths=tuple(r.id for r in held["test"]),
+        multi_label=multi_label, train_stream=stream, val_leak=leak,
     )
-    log.info("corpus %s: %d classes, %d train / %d validation / %d test rows (%d dropped)", data,
-             len(labels.names), len(rows["train"]), len(rows["validation"]), len(rows["test"]), len(dropped))
+    log.info("corpus %s: %d classes, %d train / %d validation / %d test rows (%d dropped)%s", data,
+             len(labels.names), n_train, len(held["validation"]), len(held["test"]), drops.count,
+             "; training rows are streamed from the files every epoch" if stream_train else "")
     return corpus
+
+
+def _hash_row(digest, split: str, row: Row, multi_label: bool) -> None:
+    # Single-label rows hash as before (fingerprints of existing runs stay valid).
+    label = "|".join(sorted(row.labels)) if multi_label else row.labels[0]
+    digest.update(f"{split}\t{row.id}\t{label}\t".encode())
+    digest.update(hashlib.sha256(row.text.encode("utf-8")).digest())
+
+
+class _LabelCodes:
+    """Training labels as small integers while the label set is not known yet (a few bytes a row)."""
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+        self.codes = array.array("i")
+        self.ends = array.array("q")
+
+    def add(self, values: Sequence[str]) -> None:
+        for value in values:
+            self.codes.append(self.vocab.setdefault(value, len(self.vocab)))
+        self.ends.append(len(self.codes))
+
+    def to_ids(self, labels: LabelSet, multi_label: bool) -> tuple:
+        lookup = [labels.index(v) for v in self.vocab]
+        if not multi_label:
+            return tuple(lookup[c] for c in self.codes)
+        codes, ends = self.codes, self.ends
+        return tuple(tuple(sorted({lookup[c] for c in codes[(ends[i - 1] if i else 0):ends[i]]}))
+                     for i in range(len(ends)))  # as LabelSet.encode: sorted, each once
+
+
+class _Drops:
+    """Dropped rows: all counted by reason, the first few kept to be named in the log."""
+
+    def __init__(self):
+        self.count = 0
+        self.reasons: collections.Counter = collections.Counter()
+        self.named: list[BadRow] = []
+
+    def add(self, row: BadRow) -> None:
+        self.count += 1
+        self.reasons[row.reason.split(":")[0] if row.reason.startswith("line ") else row.reason] += 1
+        if len(self.named) < _NAMED_DROPS:
+            self.named.append(row)
+
+    def log(self) -> None:
+        if not self.count:
+            return
+        log.warning("%d row(s) dropped: %s", self.count, ", ".join(f"{n} {why}" for why, n in self.reasons.items()))
+        for row in self.named:
+            log.warning("  dropped %s: %s", row.id, row.reason)
 
 
 def _check_known(rows: list[Row], labels, split: str, multi_label: bool = False) -> None:
@@ -166,13 +283,3 @@ def _check_known(rows: list[Row], labels, split: str, multi_label: bool = False)
                 raise CorpusError(f"{row.id}: label {value!r} of the {split} split is not among the training "
                                   f"labels ({', '.join(labels.values[:10])}); add training rows for it or drop the "
                                   "row") from None
-
-
-def _log_drops(dropped: list[BadRow]) -> None:
-    if not dropped:
-        return
-    reasons = collections.Counter(r.reason.split(":")[0] if r.reason.startswith("line ") else r.reason
-                                  for r in dropped)
-    log.warning("%d row(s) dropped: %s", len(dropped), ", ".join(f"{n} {why}" for why, n in reasons.items()))
-    for row in dropped[:_NAMED_DROPS]:
-        log.warning("  dropped %s: %s", row.id, row.reason)

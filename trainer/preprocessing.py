@@ -22,6 +22,8 @@ the fixed length (``__call__``): its batches are full-length articles anyway, an
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -202,12 +204,17 @@ def token_lengths(preprocess_handle: str, texts, batch_size: int = 64) -> np.nda
     return np.concatenate(out).astype(np.int64) if out else np.zeros([0], np.int64)
 
 
-def length_summary(preprocess_handle: str, texts, seq_length: int, sample: int = 5000) -> dict:
+def length_summary(preprocess_handle: str, texts, seq_length: int, sample: int = 5000,
+                   count: int | None = None) -> dict:
     """Word-piece length percentiles of (an evenly spaced sample of at most `sample` of) `texts`, and the share
-    longer than fits in one `seq_length` window ([CLS] and [SEP] included): what training truncates."""
-    texts = list(texts)
-    step = max(1, -(-len(texts) // sample))
-    lengths = token_lengths(preprocess_handle, texts[::step])
+    longer than fits in one `seq_length` window ([CLS] and [SEP] included): what training truncates.
+
+    `texts` may be a stream (then `count` says how many it yields): only the sample is held."""
+    if count is None:
+        texts = list(texts)
+        count = len(texts)
+    step = max(1, -(-count // sample))
+    lengths = token_lengths(preprocess_handle, list(itertools.islice(texts, 0, None, step)))
     if lengths.size == 0:
         return {"docs": 0}
     p = np.percentile(lengths, [50, 90, 99])

@@ -41,7 +41,7 @@ from trainer.export_check import ExportCheckError, check_export, check_validatio
 from trainer.loop import build_training, run_epochs
 from trainer.model import build_classifier
 from trainer.multilabel import NEUTRAL_THRESHOLD, multi_hot, tune_thresholds
-from trainer.pipeline import make_eval_dataset, make_train_dataset
+from trainer.pipeline import eval_cache_fits, make_eval_dataset, make_stream_train_dataset, make_train_dataset
 from trainer.precision import configure_precision, float32_context
 from trainer.preflight import enable_gpu_memory_growth
 from trainer.preprocessing import Preprocessor, length_summary
@@ -89,6 +89,8 @@ def run_settings(cfg: TrainConfig, fingerprint: str, schedule: Schedule) -> dict
         settings["class_weights"] = cfg.class_weights
     if cfg.multi_label:  # likewise
         settings["multi_label"] = True
+    if cfg.shuffle_buffer != TrainConfig.shuffle_buffer:  # likewise; it orders the rows of a large corpus
+        settings["shuffle_buffer"] = cfg.shuffle_buffer
     settings["schedule"] = dataclasses.asdict(schedule)
     return settings
 
@@ -223,11 +225,11 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         log.info("op determinism enabled (--deterministic)")
     strategy = distributed.make_strategy(cfg.strategy, cfg.logical_cpus, cluster)  # before any other TF op
     folders = distributed.WorkerFolders(cluster)
-    corpus = corpus or load_data(cfg)
+    corpus = corpus or load_data(cfg, stream_train=True)
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
     _check_export_precision(cfg, spec)
-    schedule = make_schedule(cfg.learning_rate, cfg.warmup_fraction, train_docs=len(corpus.train_texts),
+    schedule = make_schedule(cfg.learning_rate, cfg.warmup_fraction, train_docs=corpus.num_train,
                              batch_size=cfg.batch_size, epochs=cfg.epochs)
     if cluster.is_chief:
         clean_stale_exports(Path(cfg.model_base_path))
@@ -256,20 +258,17 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
                  float(state.best_val_accuracy.numpy()), int(state.best_epoch.numpy()))
     else:
         log.info("starting run %s: %d train / %d val docs (validated in up to %d window(s) each), %d steps per "
-                 "epoch, %d replica(s)", run_name, len(corpus.train_texts), len(corpus.val_texts), cfg.val_windows,
+                 "epoch, %d replica(s)", run_name, corpus.num_train, len(corpus.val_texts), cfg.val_windows,
                  schedule.steps_per_epoch, strategy.num_replicas_in_sync)
     logger = summaries.RunLogger(Path(cfg.logdir) / run_name, enabled=cluster.is_chief)
     val_ds = make_eval_dataset(
         corpus.val_texts,
         lambda t: preprocessor.windowed(t, max_windows=cfg.val_windows, overlap=cfg.overlap_tokens, bucket=False),
-        batch_size=cfg.batch_size)
-    train_targets = multi_hot(corpus.train_labels, num_classes) if corpus.multi_label else corpus.train_labels
+        batch_size=cfg.batch_size, cache=eval_cache_fits(len(corpus.val_texts), cfg.val_windows, cfg.seq_length))
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
-        make_train_ds=lambda epoch, skip: make_train_dataset(corpus.train_texts, train_targets, preprocessor,
-                                                             batch_size=cfg.batch_size, seed=cfg.seed + epoch,
-                                                             skip_batches=skip, worker_slice=distributed.input_slice(
-                                                                 cluster, strategy, cfg.batch_size)),
+        make_train_ds=_train_datasets(cfg, corpus, preprocessor, distributed.input_slice(cluster, strategy,
+                                                                                         cfg.batch_size)),
         val_ds=val_ds, val_labels=corpus.val_labels, epochs=cfg.epochs, num_classes=num_classes,
         class_names=list(corpus.class_names),
         logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
@@ -309,9 +308,23 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     return result
 
 
+def _train_datasets(cfg: TrainConfig, corpus: data_lib.Corpus, preprocessor, worker_slice):
+    """`make_train_ds(epoch, skip_batches)` for the loop: from memory, or from the files for a streamed corpus."""
+    common = {"batch_size": cfg.batch_size, "worker_slice": worker_slice}
+    if corpus.train_stream is not None:
+        return lambda epoch, skip: make_stream_train_dataset(
+            corpus.train_stream, preprocessor, rows=corpus.num_train, num_classes=len(corpus.class_names),
+            multi_label=corpus.multi_label, seed=cfg.seed + epoch, shuffle_buffer=cfg.shuffle_buffer,
+            skip_batches=skip, **common)
+    targets = multi_hot(corpus.train_labels, len(corpus.class_names)) if corpus.multi_label else corpus.train_labels
+    return lambda epoch, skip: make_train_dataset(corpus.train_texts, targets, preprocessor, seed=cfg.seed + epoch,
+                                                  skip_batches=skip, **common)
+
+
 def _log_lengths(spec, corpus: data_lib.Corpus, cfg: TrainConfig) -> None:
     """The data report's last part, once the tokenizer is known: how long the training texts are in word pieces."""
-    lengths = length_summary(spec.preprocess_handle, corpus.train_texts, cfg.seq_length)
+    lengths = length_summary(spec.preprocess_handle, corpus.iter_train_texts(), cfg.seq_length,
+                             count=corpus.num_train)
     if lengths["docs"]:
         log.info("word-piece lengths of %d training texts: median %d, p90 %d, p99 %d, max %d; %.1f%% do not fit "
                  "one --seq-length %d window (training reads the %s; validation and serving up to %d/%d windows)",
@@ -542,7 +555,7 @@ def export_only(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Run
                        "retrain it, or re-export it with that version")
     cfg = export_config(cfg, meta["config"], explicit, run_name)
     clean_stale_exports(Path(cfg.model_base_path))
-    corpus = load_data(cfg)
+    corpus = load_data(cfg, stream_train=True)
     recorded_fingerprint = meta.get("settings", {}).get("data_fingerprint")
     if recorded_fingerprint and recorded_fingerprint != corpus.fingerprint:
         raise RunError(f"--export-only: the data at {cfg.data_dir} is not the data run {run_name!r} was trained on "
@@ -554,8 +567,12 @@ def export_only(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> Run
     return export_run(cfg, corpus, spec, run_name, source=SOURCE_EXPORT_ONLY)
 
 
-def load_data(cfg: TrainConfig) -> data_lib.Corpus:
-    """Class folders without test options: the seed notebook's split; anything else: `trainer.own_data`."""
+def load_data(cfg: TrainConfig, *, stream_train: bool = False) -> data_lib.Corpus:
+    """Class folders without test options: the seed notebook's split; anything else: `trainer.own_data`.
+
+    `stream_train`: an own corpus's training texts are read from the files per epoch instead of held (training,
+    export); the seed notebook's BBC split is always held (2,225 files).
+    """
     from trainer import own_data  # noqa: PLC0415
 
     if not own_data.is_plain_folder_corpus(cfg.data_dir, test_split=cfg.test_split, test_data=cfg.test_data,
@@ -567,7 +584,8 @@ def load_data(cfg: TrainConfig) -> data_lib.Corpus:
             label_names=cfg.label_names, encoding=cfg.encoding, validation_split=cfg.validation_split,
             test_split=cfg.test_split, seed=cfg.split_seed, validation_data=cfg.validation_data,
             test_data=cfg.test_data, min_examples=cfg.min_examples, max_train_docs=cfg.max_train_docs,
-            max_val_docs=cfg.max_val_docs, multi_label=cfg.multi_label, label_separator=cfg.label_separator)
+            max_val_docs=cfg.max_val_docs, multi_label=cfg.multi_label, label_separator=cfg.label_separator,
+            stream_train=stream_train)
     data_dir = data_lib.resolve_data_dir(cfg.data_dir, cfg.cache_dir)
     return data_lib.load_corpus(data_dir, validation_split=cfg.validation_split, seed=cfg.split_seed,
                                 max_train_docs=cfg.max_train_docs, max_val_docs=cfg.max_val_docs)
