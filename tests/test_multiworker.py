@@ -64,6 +64,18 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def _run_two_workers(flags: list[str], tmp: Path) -> list[str]:
+    """Starts two workers, waits for both to succeed, and returns their logs."""
+    procs = _start_workers(flags, tmp)
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)
+    logs = [(tmp / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], f"exit codes {codes}\n--- worker 0\n{logs[0][-3000:]}\n--- worker 1\n{logs[1][-3000:]}"
+    return logs
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, cache_dir, deterministic_encoder):
     encoder, preprocess = deterministic_encoder
@@ -78,13 +90,7 @@ def _flags(cfg, encoder, preprocess) -> list[str]:
 def test_two_workers_train_publish_once_and_match_one_process(setup, tmp_path, cache_dir):
     corpus, encoder, preprocess = setup
     cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=2)
-    procs = _start_workers(_flags(cfg, encoder, preprocess), tmp_path)
-    try:
-        codes = _wait(procs, WORKER_TIMEOUT_S)
-    finally:
-        _stop(procs)
-    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], f"exit codes {codes}\n--- worker 0\n{logs[0][-3000:]}\n--- worker 1\n{logs[1][-3000:]}"
+    logs = _run_two_workers(_flags(cfg, encoder, preprocess), tmp_path)
     assert "2 replica(s)" in logs[0] and f"the chief exported run {Path(cfg.checkpoint_dir).iterdir().__next__().name} as version 1" in logs[1]
     assert "have crashed" not in logs[0] and "eagerly" not in logs[0] + logs[1]  # no alarming noise at the end
 
@@ -117,13 +123,7 @@ def test_two_workers_stream_an_own_csv_and_match_one_process(setup, tmp_path, ca
     own = ["--data", str(data), "--text-column", "title", "--text-column", "body", "--label-column", "label",
            "--label-names", str(tmp_path / "bbc-label-names.txt")]
     cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=1)
-    procs = _start_workers([*_flags(cfg, encoder, preprocess), *own], tmp_path)
-    try:
-        codes = _wait(procs, WORKER_TIMEOUT_S)
-    finally:
-        _stop(procs)
-    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], f"exit codes {codes}\n--- worker 0\n{logs[0][-3000:]}\n--- worker 1\n{logs[1][-3000:]}"
+    logs = _run_two_workers([*_flags(cfg, encoder, preprocess), *own], tmp_path)
     assert all("training rows are streamed from the files every epoch" in log for log in logs)
     single = toy_config(tmp_path / "single", corpus, cache_dir, epochs=1)
     done = run_trainer([*_flags(single, encoder, preprocess), *own])

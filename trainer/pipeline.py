@@ -149,7 +149,7 @@ def make_eval_dataset(
     if cache:
         ds = tf.data.Dataset.from_tensor_slices((list(texts), tf.range(len(texts), dtype=tf.int32)))
     else:
-        ds = tf.data.Dataset.from_generator(lambda: zip(texts, range(len(texts))), output_signature=(
+        ds = tf.data.Dataset.from_generator(lambda: ((t, i) for i, t in enumerate(texts)), output_signature=(
             tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)))
 
     def to_windows(t, ids):
