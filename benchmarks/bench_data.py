@@ -30,9 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,11 +100,6 @@ def _rss_mb(pid: int) -> float:
 
 def _trainer_phase(csv_path: str, train_seconds: float, extra: tuple[str, ...] = ()) -> dict:
     """The real trainer on the CSV: RSS before the first step and during the epoch, and its step rate."""
-    import re
-    import signal
-    import tempfile
-    import threading
-
     out = Path(tempfile.mkdtemp(prefix="bertbc-bench-data-"))
     cmd = [sys.executable, "-m", "trainer", "--data", csv_path, "--text-column", "title", "--text-column", "body",
            "--label-column", "label", "--epochs", "1", "--logdir", str(out / "logs"), "--checkpoint-dir",
@@ -147,8 +147,6 @@ def _trainer_phase(csv_path: str, train_seconds: float, extra: tuple[str, ...] =
             except subprocess.TimeoutExpired:
                 proc.kill()
         reader.join(timeout=10)
-        import shutil
-
         shutil.rmtree(out, ignore_errors=True)
     counted = [(t, n) for t, n in progress if n >= 1]
     (t_a, n_a), (t_b, n_b) = counted[0], counted[-1]

@@ -17,7 +17,6 @@ Validation and test rows are held in memory as bytes. The trainer reads the trai
 from __future__ import annotations
 
 import array
-import collections
 import dataclasses
 import hashlib
 import logging
@@ -148,14 +147,13 @@ def load_own_corpus(
         train_codes = _LabelCodes()
         train_keys = array.array("Q")
         held: dict[str, list[Row]] = {"validation": [], "test": []}
-        drops = _Drops()
         n_train = 0
         for split, row in iter_split(paths, spec, validation_data=validation_data, test_data=test_data,
                                      splitter=splitter, **read):
-            report.add(split, row)
+            report.add(split, row)  # counts and names dropped rows too
             if isinstance(row, BadRow):
-                drops.add(row)
-            elif split != "train":
+                continue
+            if split != "train":
                 held[split].append(row)
             elif max_train_docs is None or n_train < max_train_docs:
                 n_train += 1
@@ -174,11 +172,11 @@ def load_own_corpus(
         if not held["validation"]:
             raise CorpusError(f"{data}: the validation split is empty; give more rows, a larger "
                               "--validation-split or --validation-data")
-        report.finish()
     except CorpusError as e:
         raise DataError(str(e)) from None
-    drops.log()
-    log.info("data report:\n%s", format_report(report.finish()))
+    result = report.finish()
+    _log_drops(result)
+    log.info("data report:\n%s", format_report(result))
     if dedup:
         duplicates = report.cross_split_duplicate_ids()
         for split in ("validation", "test"):
@@ -215,7 +213,7 @@ def load_own_corpus(
         multi_label=multi_label, train_stream=stream, val_leak=leak,
     )
     log.info("corpus %s: %d classes, %d train / %d validation / %d test rows (%d dropped)%s", data,
-             len(labels.names), n_train, len(held["validation"]), len(held["test"]), drops.count,
+             len(labels.names), n_train, len(held["validation"]), len(held["test"]), result["dropped"],
              "; training rows are streamed from the files every epoch" if stream_train else "")
     return corpus
 
@@ -241,34 +239,22 @@ class _LabelCodes:
         self.ends.append(len(self.codes))
 
     def to_ids(self, labels: LabelSet, multi_label: bool) -> tuple:
-        lookup = [labels.index(v) for v in self.vocab]
         if not multi_label:
+            lookup = [labels.index(v) for v in self.vocab]
             return tuple(lookup[c] for c in self.codes)
-        codes, ends = self.codes, self.ends
-        return tuple(tuple(sorted({lookup[c] for c in codes[(ends[i - 1] if i else 0):ends[i]]}))
-                     for i in range(len(ends)))  # as LabelSet.encode: sorted, each once
+        values, codes, ends = list(self.vocab), self.codes, self.ends
+        return tuple(tuple(labels.encode(values[c] for c in codes[(ends[i - 1] if i else 0):ends[i]]))
+                     for i in range(len(ends)))
 
 
-class _Drops:
-    """Dropped rows: all counted by reason, the first few kept to be named in the log."""
-
-    def __init__(self):
-        self.count = 0
-        self.reasons: collections.Counter = collections.Counter()
-        self.named: list[BadRow] = []
-
-    def add(self, row: BadRow) -> None:
-        self.count += 1
-        self.reasons[row.reason.split(":")[0] if row.reason.startswith("line ") else row.reason] += 1
-        if len(self.named) < _NAMED_DROPS:
-            self.named.append(row)
-
-    def log(self) -> None:
-        if not self.count:
-            return
-        log.warning("%d row(s) dropped: %s", self.count, ", ".join(f"{n} {why}" for why, n in self.reasons.items()))
-        for row in self.named:
-            log.warning("  dropped %s: %s", row.id, row.reason)
+def _log_drops(result: dict) -> None:
+    """Dropped rows as counted and named by the data report, as warnings before it."""
+    if not result["dropped"]:
+        return
+    log.warning("%d row(s) dropped: %s", result["dropped"],
+                ", ".join(f"{n} {why}" for why, n in result["dropped_reasons"].items()))
+    for example in result["dropped_examples"][:_NAMED_DROPS]:
+        log.warning("  dropped %s: %s", example["id"], example["reason"])
 
 
 def _check_known(rows: list[Row], labels, split: str, multi_label: bool = False) -> None:
