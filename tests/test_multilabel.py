@@ -83,7 +83,7 @@ def flags(tmp: Path, cache_dir: Path, data: Path, *extra: str) -> list[str]:
 def multi_run(tmp_path_factory, cache_dir, tiny_encoder):
     tmp = tmp_path_factory.mktemp("multi")
     data = write_multi_label_csv(tmp / "tagged.csv")
-    done = run_trainer(flags(tmp, cache_dir, data, "--test-split", "0.2"))
+    done = run_trainer(flags(tmp, cache_dir, data, "--test-split", "0.2", "--class-weights", "balanced"))
     assert done.returncode == 0, done.stderr[-3000:]
     card = json.loads((tmp / "models" / "bertbc" / "1" / "model_card.json").read_text())
     return tmp, data, done, card
@@ -98,7 +98,10 @@ def test_card_records_thresholds_metrics_and_the_labels_output(multi_run):
     assert card["export_val_micro_f1"] == pytest.approx(card["best_val_accuracy"], abs=1e-6)
     assert [e["val_micro_f1"] for e in card["epochs"] if e["improved"]][-1] == pytest.approx(card["best_val_accuracy"])
     assert "confusion_matrix" not in card
-    assert card["data"]["train_class_counts"]["sport"] > 0  # rows carrying the label
+    counts = card["data"]["train_class_counts"]  # rows carrying each label
+    assert counts["sport"] > 0
+    n, k = sum(counts.values()), len(counts)  # --class-weights balanced: per label, on its positive term
+    assert card["data"]["class_weights"] == pytest.approx({c: n / (k * m) for c, m in counts.items()}, rel=1e-5)
     assert "best val micro-F1" in done.stdout and "held-out test micro-F1" in done.stdout
 
 
@@ -230,7 +233,6 @@ def test_batch_scoring_writes_each_rows_label_set(multi_run, tmp_path, output_fo
 
 @pytest.mark.parametrize("args, message", [
     (["--label-separator", "|"], "--label-separator splits a cell into several labels: it needs --multi-label"),
-    (["--multi-label", "--class-weights", "balanced"], "--class-weights balanced is for single-label models"),
 ])
 def test_contradicting_flags_are_one_line(args, message, tmp_path):
     done = run_trainer(["--data", str(tmp_path / "none.csv"), *args])

@@ -3,8 +3,12 @@ Job, a TFJob or the compose `train-distributed` profile would start them."""
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -133,6 +137,44 @@ def test_two_workers_stream_an_own_csv_and_match_one_process(setup, tmp_path, ca
     assert want.keys() == got.keys()
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=2e-5, err_msg=key)
+
+
+def test_two_workers_shard_several_files_and_train_every_row_once(setup, tmp_path, cache_dir):
+    """Three CSV files of uneven size: each worker reads only its files (FILE sharding). The worker with fewer rows
+    runs out first and feeds empty batches while the other finishes. Stopped by SIGTERM mid-epoch and restarted,
+    each worker skips what it trained: the epoch trains every row exactly once."""
+    corpus, encoder, preprocess = setup
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bbc_to_csv.py"), str(corpus), str(tmp_path)],
+                   check=True, capture_output=True)
+    with open(tmp_path / "bbc.csv", newline="", encoding="utf-8") as f:
+        header, *rows = list(csv.reader(f))
+    cuts = [0, len(rows) * 6 // 10, len(rows) * 85 // 100, len(rows)]  # 60%, 25%, 15% of the rows
+    for i, (start, stop) in enumerate(itertools.pairwise(cuts)):
+        with open(tmp_path / f"part-{i}.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([header, *rows[start:stop]])
+    own = ["--data", str(tmp_path / "part-*.csv"), "--text-column", "title", "--text-column", "body",
+           "--label-column", "label", "--label-names", str(tmp_path / "bbc-label-names.txt")]
+    cfg = toy_config(tmp_path / "mw", corpus, cache_dir, epochs=1)
+    flags = [*_flags(cfg, encoder, preprocess), *own]
+    procs = _start_workers(flags, tmp_path, env_per_worker=[{}, {"BERTBC_TEST_SIGNAL_AT": "SIGTERM@1"}])
+    try:
+        codes = _wait(procs, WORKER_TIMEOUT_S)
+    finally:
+        _stop(procs)
+    assert codes == [143, 143], (codes, _logs(tmp_path)[0][-3000:])
+    logs = _run_two_workers(flags, tmp_path)
+    assert "resuming epoch 1 after step 2/" in logs[0]
+    assert all("input sharding: FILE, 3 files over 2 workers (worker 0: 1 file(s)" in log for log in logs), logs[0]
+    train_rows, steps = map(int, re.search(r"starting run \S+: (\d+) train / .* (\d+) steps per epoch",
+                                           logs[0]).groups())
+    per_worker = [int(n) for n in re.findall(r"worker \d: \d file\(s\), (\d+) rows", logs[0])[:2]]
+    assert sum(per_worker) == train_rows and steps == math.ceil(max(per_worker) / (cfg.batch_size // 2))
+    assert steps > math.ceil(min(per_worker) / (cfg.batch_size // 2))  # one worker fed empty batches at the end
+    run_dir = next(Path(cfg.checkpoint_dir).iterdir())
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["train_rows"] for h in history] == [train_rows]  # every training row once, across both workers
+    assert json.loads((run_dir / "run.json").read_text())["settings"]["input_sharding"] == "file: 2 workers"
+    assert sorted(p.name for p in Path(cfg.model_base_path).iterdir()) == ["1"]
 
 
 def test_killed_worker_then_restart_resumes_from_the_checkpoint(setup, tmp_path, cache_dir):

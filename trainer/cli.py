@@ -118,9 +118,16 @@ def train_parser() -> argparse.ArgumentParser:
                         "memory); this many rows are held to shuffle them (default %(default)s, ~1 KB each). A "
                         "training split that fits is shuffled exactly as in memory (same model); a larger one "
                         "is mixed within this window")
+    g.add_argument("--input-sharding", default=D.input_sharding, choices=("auto", "file", "data"),
+                   help="with several workers (MultiWorkerMirroredStrategy): 'file' gives each worker whole training "
+                        "files, so each reads only its share of the corpus (files go to workers by row count; the "
+                        "epoch lasts as long as the busiest worker needs); 'data' has every worker read every row "
+                        "and train its slice of each batch (the same model as one process); 'auto' (default) takes "
+                        "'file' when the training rows come from at least as many data files as workers, else 'data'")
     g.add_argument("--class-weights", default=D.class_weights, choices=("none", "balanced"),
                    help="'balanced' weights each training row's loss by n_rows / (n_classes x rows of its class), "
-                        "so rare classes count as much as frequent ones (sklearn's 'balanced'); the weights are "
+                        "so rare classes count as much as frequent ones (sklearn's 'balanced'); with --multi-label "
+                        "each label's positive term is weighted so, by the rows carrying it; the weights are "
                         "logged and recorded in run.json and the model card (default %(default)s)")
     g.add_argument("--cache-dir", default=None,
                    help=f"where built encoders and the downloaded corpus are kept (default $BERTBC_CACHE_DIR or "

@@ -39,6 +39,7 @@ class TrainConfig:
     multi_label: bool = False  # several (or no) labels per row: sigmoid head, tuned thresholds (trainer/multilabel.py)
     label_separator: str | None = None  # splits a CSV label cell into several labels, e.g. "|" (with --multi-label)
     shuffle_buffer: int = 100_000  # rows held for shuffling a streamed training split (own corpora)
+    input_sharding: str = "auto"  # multi-worker: "file" (each worker its files), "data" or "auto" (trainer/sharding.py)
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     encoder: str = "minilm-l6"
     encoder_handle: str | None = None
@@ -108,6 +109,8 @@ class TrainConfig:
                               f"{self.validation_split}, got {self.test_split}")
         if self.min_examples < 1:
             raise ConfigError(f"--min-examples must be >= 1, got {self.min_examples}")
+        if self.input_sharding not in ("auto", "file", "data"):
+            raise ConfigError(f"--input-sharding must be auto, file or data, got {self.input_sharding!r}")
         if self.shuffle_buffer < 1:
             raise ConfigError(f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer}")
         if not self.text_columns or any(not c for c in self.text_columns):
@@ -137,9 +140,6 @@ class TrainConfig:
             raise ConfigError("--label-separator splits a cell into several labels: it needs --multi-label")
         if self.label_separator == "":
             raise ConfigError("--label-separator must not be empty")
-        if self.multi_label and self.class_weights != "none":
-            raise ConfigError("--class-weights balanced is for single-label models; a multi-label model weighs "
-                              "each label's yes/no on its own (not built with --multi-label)")
         if (self.encoder_handle is None) != (self.preprocess_handle is None):
             raise ConfigError("--encoder-handle and --preprocess-handle must be given together")
         return self

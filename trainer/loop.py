@@ -84,7 +84,8 @@ def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool 
 
     Must be called inside `strategy.scope()`. `seed` (the run's --seed) seeds dropout, per step and replica
     (`replica_dropout_seed`). `compiled=False` runs them eagerly (benchmark only). `class_weights` (one per
-    class, trainer/weights.py) scale each example's loss; the mean stays over examples, as Keras' `class_weight`.
+    class, trainer/weights.py) scale each example's loss (multi-label: each label's positive term); the mean stays
+    over examples, as Keras' `class_weight`.
     `multi_label` takes multi-hot float targets [B, C]: binary cross-entropy (mean over labels, per example) and
     subset accuracy instead of sparse categorical cross-entropy and accuracy.
     """
@@ -106,9 +107,12 @@ def make_steps(strategy, model, optimizer, *, seed: int = 0, loss_scaling: bool 
         step_seed = replica_dropout_seed(seed, optimizer.iterations, context.replica_id_in_sync_group)
         with tf.GradientTape() as tape, dropout_seed(step_seed):
             logits = tf.cast(model(features, training=True), tf.float32)
-            per_example = loss_fn(labels, logits)
-            if weights is not None:
-                per_example = per_example * tf.gather(weights, labels)
+            if weights is None:
+                per_example = loss_fn(labels, logits)
+            elif multi_label:  # each label's positive term weighted (trainer/weights.py), then the mean over labels
+                per_example = tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(labels, logits, weights), -1)
+            else:
+                per_example = loss_fn(labels, logits) * tf.gather(weights, labels)
             loss = tf.reduce_sum(per_example) / tf.maximum(global_batch, 1.0)
             scaled = optimizer.get_scaled_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -223,6 +227,7 @@ class EpochResult:
     seconds: float
     confusion: list[list[int]]  # empty for multi-label
     val_micro_f1: float | None = None  # multi-label: what picked the best checkpoint
+    train_rows: int | None = None  # rows trained in the epoch, all workers (None in histories from before)
 
 
 def run_epochs(
@@ -249,7 +254,7 @@ def run_epochs(
     and saving step checkpoints in between (every `save_every_seconds`, 0 = never; and on SIGINT/SIGTERM).
 
     Args:
-      make_train_ds: (epoch index, batches to skip) -> tf.data.Dataset (a per-epoch seed keeps resumed runs
+      make_train_ds: (epoch index, steps to skip) -> a distributed dataset (a per-epoch seed keeps resumed runs
         identical to uninterrupted ones).
       val_ds: validation windows (`pipeline.make_eval_dataset`); val_labels: its documents' class ids (for
         `multi_label`, a tuple of class ids per document; the best checkpoint is then chosen on micro-F1).
@@ -297,7 +302,7 @@ def run_epochs(
                 steps.reset()  # else the running metrics came back with the step checkpoint
             else:
                 log.info("resuming epoch %d after step %d/%d (step checkpoint)", epoch, skip, schedule.steps_per_epoch)
-            dist_train = strategy.experimental_distribute_dataset(make_train_ds(epoch, skip))
+            dist_train = make_train_ds(epoch, skip)
             bar = tqdm(dist_train, total=schedule.steps_per_epoch, initial=skip, desc=f"epoch {epoch}/{epochs}",
                        unit="step", mininterval=1.0, dynamic_ncols=True, disable=not show_progress)
             done = skip
@@ -335,6 +340,7 @@ def run_epochs(
             clock.record_validation(time.perf_counter() - val_started)
             val, confusion = {"loss": evaluation.loss, "accuracy": evaluation.accuracy}, evaluation.confusion
             train = {"loss": float(steps.train_loss.result()), "accuracy": float(steps.train_accuracy.result())}
+            train_rows = int(steps.train_loss.count.numpy())  # summed over replicas and workers
             logger.epoch(epoch, train, val)
             try:
                 logger.adam_moments(epoch, head_adam_moments(optimizer, model))
@@ -348,11 +354,11 @@ def run_epochs(
             micro_f1 = evaluation.score if multi_label else None
 
             def entry(improved, epoch=epoch, train=train, val=val, evaluation=evaluation, seconds=seconds,
-                      micro_f1=micro_f1):
+                      micro_f1=micro_f1, train_rows=train_rows):
                 matrix = [] if evaluation.confusion is None else evaluation.confusion.tolist()
                 result = dataclasses.asdict(EpochResult(epoch, train["loss"], train["accuracy"], val["loss"],
                                                         val["accuracy"], evaluation.macro_f1, improved,
-                                                        seconds, matrix, micro_f1))
+                                                        seconds, matrix, micro_f1, train_rows))
                 if micro_f1 is None:  # single-label history keeps its keys
                     del result["val_micro_f1"]
                 return result

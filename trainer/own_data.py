@@ -90,18 +90,39 @@ class TrainStream:
     labels: LabelSet
     rows: int
     multi_label: bool = False
+    # The training rows each file gave the counting pass, in reading order: what FILE sharding divides among
+    # workers (`trainer.sharding`). A shard (`shard`) reads only its files, each up to its count.
+    file_rows: tuple[tuple[str, int], ...] = ()
+    sharded: bool = False
 
     def __iter__(self) -> Iterator[tuple[bytes, int | tuple[int, ...]]]:
+        if not self.sharded:
+            yield from self._rows(self.paths, self.rows)
+            return
+        for path, rows in self.file_rows:
+            yield from self._rows(path, rows)
+
+    def shard(self, files: Sequence[str]) -> TrainStream:
+        """The stream of only these files (one worker's share under FILE sharding)."""
+        counts = dict(self.file_rows)
+        unknown = [f for f in files if f not in counts]
+        if unknown:
+            raise ValueError(f"not training files of this corpus: {unknown}")
+        chosen = tuple((path, rows) for path, rows in self.file_rows if path in set(files))
+        return dataclasses.replace(self, paths=[p for p, _ in chosen], rows=sum(n for _, n in chosen),
+                                   file_rows=chosen, sharded=True)
+
+    def _rows(self, paths, expected: int) -> Iterator[tuple[bytes, int | tuple[int, ...]]]:
         n = 0
-        for _, row in iter_split(self.paths, self.spec, validation_data=self.validation_data,
+        for _, row in iter_split(paths, self.spec, validation_data=self.validation_data,
                                  test_data=self.test_data, splits=("train",), splitter=self.splitter, **self.read):
-            if n == self.rows:
+            if n == expected:
                 return
             n += 1
             label = tuple(self.labels.encode(row.labels)) if self.multi_label else self.labels.index(row.labels[0])
             yield row.text.encode("utf-8"), label
-        if n != self.rows:
-            raise DataError(f"{self.paths}: the training split now has {n} rows, the run counted {self.rows}; the "
+        if n != expected:
+            raise DataError(f"{paths}: the training split now has {n} rows, the run counted {expected}; the "
                             "data changed while training. Restore it, or start a new run (--new-run)")
 
 
@@ -148,6 +169,7 @@ def load_own_corpus(
         train_keys = array.array("Q")
         held: dict[str, list[Row]] = {"validation": [], "test": []}
         n_train = 0
+        file_rows: dict[str, int] = {}
         for split, row in iter_split(paths, spec, validation_data=validation_data, test_data=test_data,
                                      splitter=splitter, **read):
             report.add(split, row)  # counts and names dropped rows too
@@ -157,6 +179,7 @@ def load_own_corpus(
                 held[split].append(row)
             elif max_train_docs is None or n_train < max_train_docs:
                 n_train += 1
+                file_rows[row.source] = file_rows.get(row.source, 0) + 1
                 tally.add(row)
                 train_codes.add(row.labels)
                 _hash_row(digest, "train", row, multi_label)  # train rows come first in the fingerprint
@@ -199,7 +222,8 @@ def load_own_corpus(
 
     stream, leak = None, None
     if stream_train:
-        stream = TrainStream(paths, spec, splitter, read, validation_data, test_data, labels, n_train, multi_label)
+        stream = TrainStream(paths, spec, splitter, read, validation_data, test_data, labels, n_train, multi_label,
+                             file_rows=() if _is_class_folders(paths) else tuple(file_rows.items()))
         val_keys = np.array([neardup.exact_key(r.text) for r in held["validation"]], dtype=np.uint64)
         leak = tuple(bool(x) for x in np.isin(val_keys, np.frombuffer(train_keys, dtype=np.uint64)))
     corpus = Corpus(
@@ -216,6 +240,11 @@ def load_own_corpus(
              len(labels.names), n_train, len(held["validation"]), len(held["test"]), result["dropped"],
              "; training rows are streamed from the files every epoch" if stream_train else "")
     return corpus
+
+
+def _is_class_folders(paths: str | list[str]) -> bool:
+    """A class-folder corpus has one document a file: its rows are divided by DATA, never by file."""
+    return any(class_root(p) is not None for p in ([paths] if isinstance(paths, str) else paths))
 
 
 def _hash_row(digest, split: str, row: Row, multi_label: bool) -> None:

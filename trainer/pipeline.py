@@ -118,7 +118,9 @@ def _tokenized_batches(ds: tf.data.Dataset, preprocess, *, batch_size: int, para
             return tokenize(tf.where(tf.range(tf.shape(t)[0]) // own == index, t, tf.zeros_like(t)))
     ds = ds.map(lambda t, y: (preprocess(t), y), num_parallel_calls=AUTOTUNE if parallel else None,
                 deterministic=True)
-    options = tf.data.Options()  # explicit: FILE sharding cannot apply to in-memory texts nor to a Python stream
+    # Explicit: tf.data's FILE policy cannot apply to in-memory texts nor to a Python stream (FILE sharding of a
+    # streamed corpus is trainer/sharding.py, through distribute_datasets_from_function, which ignores this).
+    options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE) if parallel else ds

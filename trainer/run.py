@@ -28,7 +28,7 @@ import tensorflow as tf
 import tf_keras
 
 from trainer import data as data_lib
-from trainer import distributed, encoders, summaries, weights
+from trainer import distributed, encoders, sharding, summaries, weights
 from trainer.checkpoints import Checkpoints, best_checkpoint_path, make_state, write_json_atomic
 from trainer.config import MODEL_KEYS, TrainConfig
 from trainer.export import (
@@ -229,11 +229,20 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     spec = encoders.resolve_encoder(cfg.encoder, encoder_handle=cfg.encoder_handle,
                                     preprocess_handle=cfg.preprocess_handle, cache_dir=cfg.cache_dir)
     _check_export_precision(cfg, spec)
+    try:
+        shards = sharding.plan_input_sharding(
+            cfg.input_sharding, file_rows=getattr(corpus.train_stream, "file_rows", ()),
+            num_workers=cluster.num_workers, replicas=strategy.num_replicas_in_sync, batch_size=cfg.batch_size)
+    except sharding.ShardingError as e:
+        raise RunError(str(e)) from None
     schedule = make_schedule(cfg.learning_rate, cfg.warmup_fraction, train_docs=corpus.num_train,
-                             batch_size=cfg.batch_size, epochs=cfg.epochs)
+                             batch_size=cfg.batch_size, epochs=cfg.epochs,
+                             steps_per_epoch=shards.steps_per_epoch if shards else None)
     if cluster.is_chief:
         clean_stale_exports(Path(cfg.model_base_path))
     settings = run_settings(cfg, corpus.fingerprint, schedule)
+    if shards is not None:  # only then, so other runs still resume: it decides which worker trains which rows
+        settings["input_sharding"] = f"file: {cluster.num_workers} workers"
     run_name, resumed = _choose_run_everywhere(cfg, settings, strategy, cluster)
     run_ckpt = Path(cfg.checkpoint_dir) / run_name
     if cluster.is_chief and not resumed:
@@ -267,8 +276,8 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
         batch_size=cfg.batch_size, cache=eval_cache_fits(len(corpus.val_texts), cfg.val_windows, cfg.seq_length))
     run_epochs(
         strategy=strategy, steps=steps, model=model, optimizer=optimizer, checkpoints=checkpoints,
-        make_train_ds=_train_datasets(cfg, corpus, preprocessor, distributed.input_slice(cluster, strategy,
-                                                                                         cfg.batch_size)),
+        make_train_ds=_train_datasets(cfg, corpus, preprocessor, strategy, shards,
+                                      distributed.input_slice(cluster, strategy, cfg.batch_size)),
         val_ds=val_ds, val_labels=corpus.val_labels, epochs=cfg.epochs, num_classes=num_classes,
         class_names=list(corpus.class_names),
         logger=logger, schedule=schedule, steps_per_summary=cfg.steps_per_summary,
@@ -308,17 +317,33 @@ def train_and_export(cfg: TrainConfig, corpus: data_lib.Corpus | None = None) ->
     return result
 
 
-def _train_datasets(cfg: TrainConfig, corpus: data_lib.Corpus, preprocessor, worker_slice):
-    """`make_train_ds(epoch, skip_batches)` for the loop: from memory, or from the files for a streamed corpus."""
-    common = {"batch_size": cfg.batch_size, "worker_slice": worker_slice}
+def _train_datasets(cfg: TrainConfig, corpus: data_lib.Corpus, preprocessor, strategy,
+                    shards: sharding.FileShards | None, worker_slice):
+    """`make_train_ds(epoch, skip_steps)` for the loop, a distributed dataset: from memory, from the files for a
+    streamed corpus, or from this worker's files only (FILE sharding)."""
+    def stream_dataset(stream, rows, batch_size, epoch, skip, worker_slice):
+        return make_stream_train_dataset(
+            stream, preprocessor, rows=rows, num_classes=len(corpus.class_names), multi_label=corpus.multi_label,
+            batch_size=batch_size, seed=cfg.seed + epoch, shuffle_buffer=cfg.shuffle_buffer, skip_batches=skip,
+            worker_slice=worker_slice)
+
+    if shards is not None:
+        def make(epoch, skip):
+            def per_worker(context: tf.distribute.InputContext):
+                if context.num_input_pipelines != len(shards.files):
+                    raise RunError(f"{context.num_input_pipelines} input pipelines, {len(shards.files)} file shards")
+                i = context.input_pipeline_id
+                return stream_dataset(corpus.train_stream.shard(shards.files[i]), shards.rows[i],
+                                      shards.replica_batch, epoch, skip * shards.replicas_per_worker, None)
+            return strategy.distribute_datasets_from_function(per_worker)
+        return make
     if corpus.train_stream is not None:
-        return lambda epoch, skip: make_stream_train_dataset(
-            corpus.train_stream, preprocessor, rows=corpus.num_train, num_classes=len(corpus.class_names),
-            multi_label=corpus.multi_label, seed=cfg.seed + epoch, shuffle_buffer=cfg.shuffle_buffer,
-            skip_batches=skip, **common)
+        return lambda epoch, skip: strategy.experimental_distribute_dataset(stream_dataset(
+            corpus.train_stream, corpus.num_train, cfg.batch_size, epoch, skip, worker_slice))
     targets = multi_hot(corpus.train_labels, len(corpus.class_names)) if corpus.multi_label else corpus.train_labels
-    return lambda epoch, skip: make_train_dataset(corpus.train_texts, targets, preprocessor, seed=cfg.seed + epoch,
-                                                  skip_batches=skip, **common)
+    return lambda epoch, skip: strategy.experimental_distribute_dataset(make_train_dataset(
+        corpus.train_texts, targets, preprocessor, batch_size=cfg.batch_size, seed=cfg.seed + epoch,
+        skip_batches=skip, worker_slice=worker_slice))
 
 
 def _log_lengths(spec, corpus: data_lib.Corpus, cfg: TrainConfig) -> None:

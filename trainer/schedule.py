@@ -34,9 +34,13 @@ class Schedule:
         return float(rate(step_index)) if callable(rate) else float(rate)
 
 
-def make_schedule(peak: float, warmup_fraction: float, *, train_docs: int, batch_size: int, epochs: int) -> Schedule:
-    """One step per global batch (the last one may be short); warm-up is a share of all steps."""
-    steps_per_epoch = math.ceil(train_docs / batch_size)
+def make_schedule(peak: float, warmup_fraction: float, *, train_docs: int, batch_size: int, epochs: int,
+                  steps_per_epoch: int | None = None) -> Schedule:
+    """One step per global batch (the last one may be short); warm-up is a share of all steps.
+
+    `steps_per_epoch` overrides the count from `train_docs` (FILE-sharded workers: `trainer.sharding`).
+    """
+    steps_per_epoch = steps_per_epoch or math.ceil(train_docs / batch_size)
     total = steps_per_epoch * epochs
     if warmup_fraction <= 0:
         return Schedule(peak, steps_per_epoch, total, 0, constant=True)
