@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,7 @@ BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
 DOCS_PER_CLASS = 24
 # The trainer services train on the corpus as a user's own CSV, integer labels renamed by --label-names.
 OWN_CSV = "news.csv"
+OWN_PARTS = "parts/news-*.csv"
 OWN_DATA_ARGS = ("--text-column title --text-column body --label-column label --label-names "
                  + ",".join(f"{i}={name}" for i, name in enumerate(BBC_LABELS, start=1)))
 HOLD_AFTER_SWAP = 15  # seconds of load on the new version before the Locust run of step 6 is stopped
@@ -118,9 +120,10 @@ def _free_port() -> int:
 def _write_corpus(root: Path) -> str:
     """DOCS_PER_CLASS documents per class: from the BBC corpus when present, else synthetic 5-class text.
 
-    Written twice: as class folders (bbc/, what the batch profile labels) and as a user's own table
+    Written as class folders (bbc/, what the batch profile labels) and as a user's own table
     (OWN_CSV: id,title,body,label with integer labels 1-5), which the trainer services train on with
-    `--label-names` (OWN_DATA_ARGS), so every served name comes from the label map, not from folder names.
+    `--label-names` (OWN_DATA_ARGS), so every served name comes from the label map, not from folder names;
+    and the same rows again in two files (OWN_PARTS), which the two train-distributed workers divide by file.
     """
     bbc = root / "bbc"
     if BBC_DIR.is_dir():
@@ -139,13 +142,16 @@ def _write_corpus(root: Path) -> str:
                 rng.shuffle(words)
                 (bbc / label / f"{i + 1:03d}.txt").write_text(" ".join(words) + ".\n")
         where = f"{DOCS_PER_CLASS} synthetic documents per class (no BBC corpus at {BBC_DIR})"
-    with open(root / OWN_CSV, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "title", "body", "label"])
-        for value, label in enumerate(BBC_LABELS, start=1):
-            for path in sorted((bbc / label).glob("*.txt")):
-                title, _, body = path.read_bytes().decode("utf-8", "replace").partition("\n")
-                writer.writerow([f"{label}/{path.name}", title.strip(), body.strip(), value])
+    rows = []
+    for value, label in enumerate(BBC_LABELS, start=1):
+        for path in sorted((bbc / label).glob("*.txt")):
+            title, _, body = path.read_bytes().decode("utf-8", "replace").partition("\n")
+            rows.append([f"{label}/{path.name}", title.strip(), body.strip(), value])
+    header = ["id", "title", "body", "label"]
+    (root / "parts").mkdir()
+    for name, part in ((OWN_CSV, rows), *((f"parts/news-{i + 1}.csv", rows[i::2]) for i in range(2))):
+        with open(root / name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([header, *part])
     return f"{where}, trained from {OWN_CSV} (integer labels, --label-names)"
 
 
@@ -457,13 +463,14 @@ def test_7_distributed_locust_with_two_workers(stack):
 
 
 def test_8_train_distributed_profile_publishes_exactly_one_version(stack):
-    """Two trainer containers, TF_CONFIG naming both (MultiWorkerMirroredStrategy); worker 0 exports."""
+    """Two trainer containers, TF_CONFIG naming both (MultiWorkerMirroredStrategy), on a corpus of two files given as
+    a glob: each worker reads one file (FILE sharding); worker 0 exports."""
     stack.require("1 up trainer")
     with _Step(stack, "8 train-distributed"):
         before = _model_versions_in_volume(stack)
         workers = ("trainer-worker-0", "trainer-worker-1")
         result = compose(stack, "--profile", "train-distributed", "up", *workers, timeout=900, check=False,
-                         extra_env={"BERTBC_RETRAIN": "1"})
+                         extra_env={"BERTBC_RETRAIN": "1", "BERTBC_DATA_DIR": f"/data/{OWN_PARTS}"})
         codes = {c["Service"]: c["ExitCode"] for c in _containers(stack, *workers)}
         assert result.returncode == 0 and codes == dict.fromkeys(workers, 0), (
             f"the train-distributed profile failed (exit codes {codes}); the trainer must run "
@@ -471,7 +478,11 @@ def test_8_train_distributed_profile_publishes_exactly_one_version(stack):
             f"{(result.stdout + result.stderr)[-4000:]}")
         after = _model_versions_in_volume(stack)
         assert after == [*before, max(before) + 1], f"versions {before} -> {after}: expected exactly one new one"
-        stack.log(f"step 8: 2 trainer containers (MultiWorkerMirroredStrategy) published version {max(after)}")
+        sharded = re.findall(r"input sharding: FILE, 2 files over 2 workers \(worker 0: 1 file\(s\), \d+ rows; "
+                             r"worker 1: 1 file\(s\), \d+ rows\)", result.stdout + result.stderr)
+        assert len(sharded) == 2, f"both workers must shard the two files {stack.note}\n{result.stderr[-3000:]}"
+        stack.log(f"step 8: 2 trainer containers (MultiWorkerMirroredStrategy) published version {max(after)}; "
+                  f"{sharded[0]}")
         if "2 up -d --wait serving tensorboard" in stack.done:
             newest = str(max(after))
             assert _wait_for(lambda: _versions(stack).get(newest) == "AVAILABLE", timeout=180), _versions(stack)
