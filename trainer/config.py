@@ -109,8 +109,6 @@ class TrainConfig:
                               f"{self.validation_split}, got {self.test_split}")
         if self.min_examples < 1:
             raise ConfigError(f"--min-examples must be >= 1, got {self.min_examples}")
-        if self.input_sharding not in ("auto", "file", "data"):
-            raise ConfigError(f"--input-sharding must be auto, file or data, got {self.input_sharding!r}")
         if self.shuffle_buffer < 1:
             raise ConfigError(f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer}")
         if not self.text_columns or any(not c for c in self.text_columns):
@@ -118,7 +116,7 @@ class TrainConfig:
         choices = {"pooling": ("cls", "mean"), "truncation": ("head", "head_tail"),
                    "strategy": ("auto", "default", "mirrored"), "mixed_precision": ("off", "bf16", "fp16"),
                    "export_precision": ("fp32", "bf16"), "gate": ("on", "off"), "load_check": ("on", "off"),
-                   "class_weights": ("none", "balanced")}
+                   "class_weights": ("none", "balanced"), "input_sharding": ("auto", "file", "data")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")

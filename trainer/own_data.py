@@ -90,27 +90,24 @@ class TrainStream:
     labels: LabelSet
     rows: int
     multi_label: bool = False
-    # The training rows each file gave the counting pass, in reading order: what FILE sharding divides among
-    # workers (`trainer.sharding`). A shard (`shard`) reads only its files, each up to its count.
+    # The training rows each data file gave the counting pass, in reading order (empty for class folders): each
+    # file is read up to its count, and FILE sharding (`trainer.sharding`) divides the files among workers.
     file_rows: tuple[tuple[str, int], ...] = ()
-    sharded: bool = False
 
     def __iter__(self) -> Iterator[tuple[bytes, int | tuple[int, ...]]]:
-        if not self.sharded:
+        if not self.file_rows:
             yield from self._rows(self.paths, self.rows)
-            return
         for path, rows in self.file_rows:
             yield from self._rows(path, rows)
 
     def shard(self, files: Sequence[str]) -> TrainStream:
         """The stream of only these files (one worker's share under FILE sharding)."""
-        counts = dict(self.file_rows)
-        unknown = [f for f in files if f not in counts]
-        if unknown:
-            raise ValueError(f"not training files of this corpus: {unknown}")
-        chosen = tuple((path, rows) for path, rows in self.file_rows if path in set(files))
+        wanted = set(files)
+        chosen = tuple((path, rows) for path, rows in self.file_rows if path in wanted)
+        if len(chosen) != len(wanted):
+            raise ValueError(f"not training files of this corpus: {sorted(wanted - {p for p, _ in chosen})}")
         return dataclasses.replace(self, paths=[p for p, _ in chosen], rows=sum(n for _, n in chosen),
-                                   file_rows=chosen, sharded=True)
+                                   file_rows=chosen)
 
     def _rows(self, paths, expected: int) -> Iterator[tuple[bytes, int | tuple[int, ...]]]:
         n = 0
